@@ -1,1 +1,41 @@
-"""searchgym.envs"""
+"""searchgym.envs: Gymnasium search environments, the synthetic world, the task registry
+and strategy signatures. Importing this package registers the ``searchgym/...`` ids."""
+
+from searchgym.envs.env import EnvConfig, SearchEnv, UnicodeText, format_docs, step_batch
+from searchgym.envs.parser import Action, parse_action
+from searchgym.envs.registry import TASKS, list_envs, load_qa, make, make_batch, register_task
+from searchgym.envs.reward import em_score, f1_score, normalize_answer
+from searchgym.envs.signature import match_strategy, search_role, trajectory_signature
+from searchgym.envs.strategies import (
+    OracleResult,
+    format_table,
+    oracle_answer,
+    oracle_queries,
+    oracle_query,
+    oracle_table,
+    run_oracle,
+    valid_strategies,
+)
+from searchgym.envs.tasks import FAMILIES, ROLES, SPLITS, Question, Step, Strategy, read_questions
+from searchgym.envs.world import (
+    GENERATOR_VERSION,
+    World,
+    WorldConfig,
+    ensure_index,
+    ensure_world,
+    entity_of_doc,
+    generate_world,
+    load_questions,
+    load_world,
+    write_world,
+)
+
+__all__ = [
+    "Action", "EnvConfig", "FAMILIES", "GENERATOR_VERSION", "OracleResult", "Question", "ROLES", "SPLITS",
+    "SearchEnv", "Step", "Strategy", "TASKS", "UnicodeText", "World", "WorldConfig", "em_score",
+    "ensure_index", "ensure_world", "entity_of_doc", "f1_score", "format_docs", "format_table",
+    "generate_world", "list_envs", "load_qa", "load_questions", "load_world", "make", "make_batch",
+    "match_strategy", "normalize_answer", "oracle_answer", "oracle_queries", "oracle_query", "oracle_table",
+    "parse_action", "read_questions", "register_task", "run_oracle", "search_role", "step_batch",
+    "trajectory_signature", "valid_strategies", "write_world",
+]

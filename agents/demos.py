@@ -1,0 +1,216 @@
+"""Demonstration sets for SFT warm starts: ``narrow`` vs ``diverse``, matched.
+
+``narrow`` runs the canonical strategy of each question's family (direct / forward /
+a_first); ``diverse`` runs a strategy drawn uniformly from the question's valid ones. Both
+sets are built from the SAME episode slots (question, episode index) and a slot is kept
+only if both agents answered it correctly, so the sets have the same questions, the same
+count and the same success rate (1.0). Token counts are reported for both; the summary
+shows each set's strategy distribution and normalised signature entropy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from searchgym.agents.episode import EpisodeTokens, tokenize_episode
+from searchgym.agents.rollout import Trajectory
+
+KINDS = ("narrow", "diverse")
+_WORDS = re.compile(r"</?\w+>|\w+|[^\w\s]")
+
+
+def count_tokens(text: str, tokenizer=None) -> int:
+    """Tokens of ``text``: the tokenizer's when given, else words/punctuation/tags."""
+    if tokenizer is not None:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+    return len(_WORDS.findall(text))
+
+
+def demo_record(traj: Trajectory, kind: str, tokenizer=None) -> dict:
+    """One demonstration line (see docs/contracts.md, agents)."""
+    turns = [{"action": t["action"], "observation": t["observation"]} for t in traj.turns]
+    policy_text = "".join(t["action"] for t in turns)
+    full = traj.transcript
+    return {
+        "question_id": traj.question_id, "group": traj.group_id, "kind": kind,
+        "strategy": traj.meta.get("scripted_strategy"), "env_strategy": traj.strategy,
+        "signature": traj.signature, "correct": traj.correct, "reward": traj.reward,
+        "family": traj.family, "split": traj.split, "prompt": traj.prompt, "turns": turns,
+        "queries": traj.queries, "answer": traj.answer, "golden_answers": traj.golden_answers,
+        "valid_strategies": traj.valid_strategies,
+        "num_policy_tokens": count_tokens(policy_text, tokenizer),
+        "num_tokens": count_tokens(full, tokenizer),
+    }
+
+
+def demo_tokens(tokenizer, record: dict) -> EpisodeTokens:
+    """SFT tokenisation of a demo line: the engine's exact layout (mask 0 on observations)."""
+    try:
+        turns = [(t["action"], t.get("observation")) for t in record["turns"]]
+        prompt = record["prompt"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a demonstration record (missing {exc})") from None
+    return tokenize_episode(tokenizer, prompt, turns)
+
+
+def load_demos(path: str | Path) -> list[dict]:
+    """Read a demonstration JSONL file (checks the fields SFT needs)."""
+    from searchgym.retrieval.fileio import read_jsonl
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"demonstration file not found: {path}")
+    recs = read_jsonl(path)
+    for i, r in enumerate(recs, start=1):
+        if not isinstance(r.get("prompt"), str) or not isinstance(r.get("turns"), list):
+            raise ValueError(f"{path}:{i}: a demonstration needs 'prompt' (str) and 'turns' (list)")
+    return recs
+
+
+@dataclass
+class DemoConfig:
+    """How to build a demonstration set."""
+
+    kind: str = "diverse"
+    n: int = 200
+    split: str = "train"
+    seed: int = 0
+    index_kind: str = "dense"
+    batch_size: int = 64
+    max_turns: int = 4
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"--kind must be one of {KINDS}, got {self.kind!r}")
+        if self.n < 1:
+            raise ValueError(f"-n must be >= 1, got {self.n}")
+
+
+def world_envs(world_dir: str | Path, split: str, n: int, index_kind: str = "dense", max_turns: int = 4):
+    """``n`` SearchEnvs over a world's split sharing one retriever."""
+    from searchgym.envs.env import EnvConfig, SearchEnv
+    from searchgym.envs.world import ensure_index, load_questions
+    from searchgym.retrieval import load_retriever
+
+    world_dir = Path(world_dir)
+    if not (world_dir / "corpus.jsonl").is_file():
+        raise FileNotFoundError(f"not a world folder (no corpus.jsonl): {world_dir}")
+    qs = [q for q in load_questions(world_dir, split) if q.strategies]
+    if not qs:
+        raise ValueError(f"world {world_dir} has no {split} questions with strategies")
+    retriever = load_retriever(ensure_index(world_dir, index_kind))
+    cfg = EnvConfig(max_turns=max_turns)
+    return [SearchEnv(qs, retriever, cfg, split=split) for _ in range(n)]
+
+
+def build_matched(world_dir: str | Path, n: int, split: str = "train", seed: int = 0,
+                  index_kind: str = "dense", batch_size: int = 64, max_turns: int = 4,
+                  envs=None, tokenizer=None) -> dict[str, list[dict]]:
+    """Both sets, matched slot by slot: ``{"narrow": [...], "diverse": [...]}``."""
+    from searchgym.agents.policy import run_text_policy
+    from searchgym.agents.scripted import ScriptedPolicy
+
+    import random
+
+    envs = envs or world_envs(world_dir, split, batch_size, index_kind, max_turns)
+    nq = len(envs[0].unwrapped.questions)
+    order = list(range(nq))
+    random.Random(f"demos/{seed}").shuffle(order)  # spread slots over every family
+    pols = {"narrow": ScriptedPolicy("canonical", seed=seed), "diverse": ScriptedPolicy("mixture", seed=seed)}
+    pool: list[tuple[dict, dict]] = []
+    want = n + max(4, n // 2)  # spare pairs to balance token counts
+    slot = 0
+    while len(pool) < want:
+        if slot > 4 * want + 4 * nq:
+            if len(pool) >= n:
+                break
+            raise ValueError(f"only {len(pool)} of {n} matched demonstrations succeeded "
+                             f"for both agents after {slot} slots")
+        m = min(len(envs), 2 * (want - len(pool)) + 1)
+        slots = list(range(slot, slot + m))
+        slot += m
+        qidx = [order[s % nq] for s in slots]
+        res = {kind: run_text_policy(pol, envs[:m], [{"index": q} for q in qidx], group_ids=qidx,
+                                     episode_indices=slots)
+               for kind, pol in pols.items()}
+        for a, b in zip(res["narrow"], res["diverse"]):
+            if a.correct and b.correct:
+                pool.append((demo_record(a, "narrow", tokenizer), demo_record(b, "diverse", tokenizer)))
+    chosen = _balance(pool, n)
+    return {"narrow": [a for a, _ in chosen], "diverse": [b for _, b in chosen]}
+
+
+def _balance(pool: list[tuple[dict, dict]], n: int, tol: float = 0.05) -> list[tuple[dict, dict]]:
+    """Pick ``n`` pairs in pool order, skipping a pair when it would push the diverse set's
+    policy-token total more than ``tol`` away from the narrow set's (diverse strategies with
+    a confirmation search are longer); skipped pairs fill up at the end, shortest gap first."""
+    chosen, skipped, dn, dd = [], [], 0, 0
+    for a, b in pool:
+        if len(chosen) == n:
+            break
+        na, nb = dn + a["num_policy_tokens"], dd + b["num_policy_tokens"]
+        if abs(nb - na) <= tol * na or abs(nb - na) <= abs(dd - dn):
+            chosen.append((a, b))
+            dn, dd = na, nb
+        else:
+            skipped.append((a, b))
+    skipped.sort(key=lambda p: p[1]["num_policy_tokens"] - p[0]["num_policy_tokens"])
+    chosen += skipped[: n - len(chosen)]
+    return chosen
+
+
+def set_summary(records: Sequence[dict], support: int | None = None) -> dict:
+    """Count, success rate, token counts, strategy distribution and normalised signature
+    entropy (overall, over ``support`` possible signatures, and mean within family)."""
+    from searchgym.metrics.diversity import normalized_entropy
+
+    n = len(records)
+    sigs = [r["signature"] for r in records]
+    fam: dict[str, list] = {}
+    for r in records:
+        fam.setdefault(r["family"], []).append(r["signature"])
+    within = [normalized_entropy(v) for v in fam.values() if len(v) > 1]
+    return {
+        "episodes": n,
+        "questions": len({r["question_id"] for r in records}),
+        "success_rate": sum(bool(r["correct"]) for r in records) / max(1, n),
+        "policy_tokens": sum(r["num_policy_tokens"] for r in records),
+        "tokens": sum(r["num_tokens"] for r in records),
+        "searches_per_episode": sum(len(r["queries"]) for r in records) / max(1, n),
+        "strategies": dict(Counter(r["strategy"] for r in records).most_common()),
+        "env_strategies": dict(Counter(r["env_strategy"] for r in records).most_common()),
+        "distinct_signatures": len(set(sigs)),
+        "signature_entropy_norm": normalized_entropy(sigs, support) if n else math.nan,
+        "signature_entropy_norm_within_family": sum(within) / len(within) if within else 0.0,
+    }
+
+
+def summarize_pair(sets: dict[str, list[dict]]) -> dict[str, dict]:
+    """Summaries of both sets, entropies normalised over the same signature support."""
+    support = len({r["signature"] for recs in sets.values() for r in recs})
+    return {k: set_summary(v, support) for k, v in sets.items()}
+
+
+def format_summary(summ: dict[str, dict]) -> str:
+    keys = ["episodes", "questions", "success_rate", "policy_tokens", "tokens", "searches_per_episode",
+            "distinct_signatures", "signature_entropy_norm", "signature_entropy_norm_within_family"]
+    kinds = list(summ)
+    lines = [f"{'':40s}" + "".join(f"{k:>12s}" for k in kinds)]
+    for key in keys:
+        vals = [summ[k][key] for k in kinds]
+        lines.append(f"{key:40s}" + "".join(f"{v:12.3f}" if isinstance(v, float) else f"{v:12d}" for v in vals))
+    for k in kinds:
+        lines.append(f"{k} strategies: {summ[k]['strategies']}")
+    return "\n".join(lines)
+
+
+def write_demos(records: Sequence[dict], out: str | Path) -> None:
+    from searchgym.retrieval.fileio import atomic_write_text
+
+    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

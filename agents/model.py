@@ -1,0 +1,178 @@
+"""Tiny offline model and tokenizer.
+
+``build_tokenizer`` trains a byte-level BPE with ``tokenizers`` (no unknown tokens: any text
+round-trips) and adds the protocol tags as single, non-special added tokens, so a tag is
+always exactly one token id and ``decode(skip_special_tokens=True)`` keeps it.
+``build_model`` makes a Qwen2-architecture causal LM from a ``transformers`` config sized
+by preset. ``init_model`` does both and saves a HF model folder (safetensors + fast
+tokenizer) that ``AutoModelForCausalLM`` / ``AutoTokenizer`` load offline.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+# The tag vocabulary of the Search-R1 protocol. Each is one added token.
+TAGS = (
+    "<think>",
+    "</think>",
+    "<search>",
+    "</search>",
+    "<answer>",
+    "</answer>",
+    "<information>",
+    "</information>",
+)
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Sizes of the tiny Qwen2 model and its tokenizer."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int = 2048
+
+
+PRESETS: dict[str, ModelPreset] = {
+    # Well under 1M parameters: CI and smoke runs.
+    "smoke": ModelPreset(1024, 64, 192, 2, 4, 2),
+    # A few million parameters: the main experiment on 2 CPU cores.
+    "small": ModelPreset(3072, 192, 512, 4, 4, 2),
+}
+
+
+def get_preset(name: str) -> ModelPreset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}") from None
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int):
+    """Train a byte-level BPE on ``texts`` and return a ``PreTrainedTokenizerFast``.
+
+    The protocol tags are added tokens (one id each, not special, so decoding with
+    ``skip_special_tokens=True`` keeps them); BOS/EOS/PAD are special tokens.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens([AddedToken(t, single_word=False, normalized=False, special=False) for t in TAGS])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="left"
+    )
+    return fast
+
+
+def build_model(preset: ModelPreset | str, tokenizer, seed: int = 0):
+    """A randomly initialised Qwen2 causal LM sized by ``preset`` for ``tokenizer``."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=preset.hidden_size,
+        intermediate_size=preset.intermediate_size,
+        num_hidden_layers=preset.num_hidden_layers,
+        num_attention_heads=preset.num_attention_heads,
+        num_key_value_heads=preset.num_key_value_heads,
+        max_position_embeddings=preset.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
+def count_parameters(model) -> int:
+    """Number of distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def world_texts(world_dir: str | Path) -> list[str]:
+    """Texts to train the tokenizer on: every corpus passage and question of a world, plus
+    prompts and templated demonstration text so tags and think phrases tokenise well."""
+    from searchgym.agents.scripted import tokenizer_training_texts
+
+    return tokenizer_training_texts(world_dir)
+
+
+def init_model(
+    preset: str, out_dir: str | Path, texts: Iterable[str] | None = None,
+    world_dir: str | Path | None = None, seed: int = 0,
+) -> dict:
+    """Train the tokenizer, build the model, save both to ``out_dir`` (atomically).
+
+    Give either ``texts`` or ``world_dir``. Returns a summary dict (parameter count,
+    vocabulary size, preset).
+    """
+    from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
+
+    p = get_preset(preset)
+    if texts is None:
+        if world_dir is None:
+            raise ValueError("init_model needs texts or world_dir")
+        texts = world_texts(world_dir)
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no text to train the tokenizer on")
+    tokenizer = build_tokenizer(texts, p.vocab_size)
+    model = build_model(p, tokenizer, seed=seed)
+    summary = {
+        "preset": preset,
+        "parameters": count_parameters(model),
+        "vocab_size": len(tokenizer),
+        "architecture": "Qwen2ForCausalLM",
+        "sizes": asdict(p),
+        "seed": seed,
+        "world": str(world_dir) if world_dir is not None else None,
+    }
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(Path(tmp) / "searchgym_model.json", summary)
+    return summary
+
+
+def load_model(path: str | Path, dtype=None):
+    """Load (model, tokenizer) from a local HF folder, offline. The model is in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder not found: {path}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=dtype or torch.float32
+        )
+    except (OSError, ValueError) as exc:
+        raise OSError(f"cannot load a HF causal LM from {path}: {exc}") from None
+    model.eval()
+    return model, tokenizer

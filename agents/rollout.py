@@ -1,0 +1,586 @@
+"""Batched multi-turn rollout engine for HF causal LMs (token-in/token-out).
+
+A batch of episodes generates in parallel with a KV cache. Each row stops on its own at a
+stop token (``</search>``, ``</answer>``, EOS) or its token budget; a row that stopped has
+its KV cache cut out of the batch cache (only its real columns kept) and leaves the batch,
+so it costs no further compute this round. When every row of the round has stopped, all
+actions go to the environments in ONE ``step_batch`` call (one retriever call for all
+searches); observation tokens are appended with loss mask 0 and become the rows' pending
+tokens; the next round rebuilds a batch cache from the rows' saved caches (left-padded, with
+per-row position ids) and prefills only the new tokens. Prompts are never re-encoded.
+
+Sampled token ids are kept exactly; each policy token records its log-prob and entropy
+under the sampling distribution ``softmax(logits / T)`` (before top-k/top-p truncation, the
+distribution the trainer recomputes), and on request the final-norm hidden state whose
+logits produced it (the LM-head input at the previous position). Greedy decoding records
+them at T = 1.
+
+Sampling draws one uniform number per row from that row's own ``torch.Generator`` (seeded
+from ``seed`` and the episode's index), so a row's samples do not depend on which other
+rows share its batch: batched and one-by-one rollouts agree, greedy or not, up to float
+round-off in the logits.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from searchgym.agents.episode import encode_prompt, encode_text, segment_labels, tag_ids
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling and budget settings of the engine."""
+
+    max_new_tokens: int = 64
+    """Policy tokens per turn (one generation round)."""
+    max_response_tokens: int = 768
+    """Policy + observation tokens after the prompt; an episode that would exceed it is
+    truncated (``budget_exhausted``)."""
+    max_obs_tokens: int = 0
+    """Cut each observation to this many tokens (0 = no cut)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+    seed: int = 0
+    n: int = 1
+    """Samples per question (grouped by ``group_id``) in ``rollout_questions``."""
+    return_hidden_states: bool = False
+    max_batch_size: int = 64
+    """Episodes generated together; larger requests run in chunks of this size."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_response_tokens < 1:
+            raise ValueError(f"max_response_tokens must be >= 1, got {self.max_response_tokens}")
+        if not self.greedy and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (or greedy=True), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+
+
+@dataclass
+class Trajectory:
+    """One episode, token-level and text-level.
+
+    Response arrays (``response_ids``, ``loss_mask``, ``logprobs``, ``entropies``,
+    ``segments``) have one entry per token after the prompt; ``loss_mask`` is 1 on policy
+    tokens (sampled by the policy) and 0 on observation tokens, whose ``logprobs`` and
+    ``entropies`` are 0. ``hidden_states`` (when requested) is ``[num_policy_tokens, d]``
+    float32, in policy-token order. ``turns`` holds one dict per env step (see
+    ``Turn``). Text policies (scripted, random) fill the text fields and leave the token
+    arrays empty.
+    """
+
+    question_id: str
+    group_id: Any
+    sample_index: int
+    prompt: str
+    prompt_ids: list[int] = field(default_factory=list)
+    response_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
+    segments: list[str] = field(default_factory=list)
+    hidden_states: np.ndarray | None = None
+    turns: list[dict] = field(default_factory=list)
+    reward: float = 0.0
+    correct: bool | None = None
+    answer: str | None = None
+    signature: str | None = None
+    strategy: str | None = None
+    valid_strategies: list[str] | None = None
+    golden_answers: list[str] | None = None
+    family: str | None = None
+    split: str | None = None
+    terminated: bool = False
+    truncated: bool = False
+    budget_exhausted: bool = False
+    policy: str = ""
+    final_info: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    """Policy-side notes (e.g. ``scripted_strategy``: the strategy a scripted agent ran)."""
+
+    # -- derived views -------------------------------------------------------------
+    @property
+    def num_policy_tokens(self) -> int:
+        return int(sum(self.loss_mask))
+
+    @property
+    def num_obs_tokens(self) -> int:
+        return len(self.loss_mask) - self.num_policy_tokens
+
+    @property
+    def queries(self) -> list[str]:
+        return [t["query"] for t in self.turns if t.get("kind") == "search" and t.get("query") is not None]
+
+    @property
+    def doc_ids(self) -> list[list[str]]:
+        return [list(t.get("doc_ids") or []) for t in self.turns if t.get("kind") == "search"]
+
+    @property
+    def num_searches(self) -> int:
+        return len(self.queries)
+
+    @property
+    def format_errors(self) -> int:
+        return sum(1 for t in self.turns if t.get("format_error"))
+
+    @property
+    def transcript(self) -> str:
+        """Prompt, then each turn's action text and observation text, as the model saw it."""
+        parts = [self.prompt]
+        for t in self.turns:
+            parts.append(t["action"])
+            if t.get("observation"):
+                parts.append(t["observation"])
+        return "".join(parts)
+
+    def to_record(self, include_tokens: bool = True) -> dict:
+        """The eval JSONL record (field names of the metrics contract)."""
+        rec = {
+            "question_id": self.question_id,
+            "group": self.group_id,
+            "sample_index": self.sample_index,
+            "policy": self.policy,
+            "family": self.family,
+            "split": self.split,
+            "reward": float(self.reward),
+            "correct": self.correct,
+            "answer": self.answer,
+            "golden_answers": self.golden_answers,
+            "signature": self.signature,
+            "strategy": self.strategy,
+            "valid_strategies": self.valid_strategies,
+            "queries": self.queries,
+            "doc_ids": self.doc_ids,
+            "actions": [t["action"] for t in self.turns],
+            "turns": self.turns,
+            "num_turns": len(self.turns),
+            "num_searches": self.num_searches,
+            "format_errors": self.format_errors,
+            "terminated": self.terminated,
+            "truncated": self.truncated,
+            "budget_exhausted": self.budget_exhausted,
+            "num_prompt_tokens": len(self.prompt_ids),
+            "num_policy_tokens": self.num_policy_tokens,
+            "num_obs_tokens": self.num_obs_tokens,
+            "transcript": self.transcript,
+        }
+        if self.meta:
+            rec["meta"] = dict(self.meta)
+        if include_tokens and self.response_ids:
+            rec.update(
+                prompt_ids=self.prompt_ids,
+                response_ids=self.response_ids,
+                loss_mask=self.loss_mask,
+                logprobs=[round(float(x), 6) for x in self.logprobs],
+                entropies=[round(float(x), 6) for x in self.entropies],
+                segments=self.segments,
+            )
+        return rec
+
+
+def finish_from_info(traj: Trajectory, info: dict, reward_total: float, terminated: bool, truncated: bool) -> None:
+    """Copy the env's end-of-episode info into the trajectory."""
+    traj.reward = float(reward_total)
+    traj.terminated, traj.truncated = bool(terminated), bool(truncated)
+    traj.final_info = {k: v for k, v in info.items() if _jsonable(v)}
+    traj.signature = _as_str(info.get("signature"))
+    traj.strategy = info.get("strategy")
+    if "correct" in info:
+        traj.correct = bool(info["correct"])
+    if traj.valid_strategies is None and info.get("valid_strategies") is not None:
+        traj.valid_strategies = list(info["valid_strategies"])
+    ans = [t.get("answer") for t in traj.turns if t.get("kind") == "answer"]
+    traj.answer = ans[-1] if ans else None
+
+
+def _as_str(sig) -> str | None:
+    if sig is None or isinstance(sig, str):
+        return sig
+    if isinstance(sig, (list, tuple)):
+        return "|".join(map(str, sig))
+    return str(sig)
+
+
+def _jsonable(v) -> bool:
+    return isinstance(v, (str, int, float, bool, type(None), list, dict, tuple))
+
+
+def turn_record(action: str, obs: str | None, info: dict, reward: float, **extra) -> dict:
+    """One env step of a trajectory, as stored in ``Trajectory.turns``."""
+    kind = info.get("action", "invalid")
+    rec = {
+        "action": action,
+        "kind": kind,
+        "query": info.get("query"),
+        "doc_ids": list(info.get("doc_ids") or []),
+        "answer": info.get("answer"),
+        "format_error": bool(info.get("format_error", kind == "invalid")),
+        "observation": obs,
+        "reward": float(reward),
+    }
+    rec.update(extra)
+    return rec
+
+
+def default_step_batch(envs, actions):
+    """``searchgym.envs.step_batch`` (one retriever call for all searches)."""
+    from searchgym.envs.env import step_batch
+
+    return step_batch(envs, actions)
+
+
+class _Row:
+    """Mutable state of one episode inside the engine."""
+
+    __slots__ = ("env", "traj", "seq", "n_cached", "kv", "gen", "turn_ids", "stop",
+                 "hidden", "reward_total", "done", "index")
+
+    def __init__(self, env, traj, prompt_ids, gen, index):
+        self.env, self.traj, self.gen, self.index = env, traj, gen, index
+        self.seq = list(prompt_ids)
+        self.n_cached = 0
+        self.kv = None  # list of (keys [1,H,L,D], values) per layer, L = n_cached
+        self.turn_ids: list[int] = []
+        self.stop = ""
+        self.hidden: list[np.ndarray] = []
+        self.reward_total = 0.0
+        self.done = False
+
+
+class RolloutEngine:
+    """Batched multi-turn generation against gymnasium search envs.
+
+    ``model`` is any HF causal LM (``AutoModelForCausalLM``), ``tokenizer`` its tokenizer.
+    ``step_batch(envs, actions)`` defaults to ``searchgym.envs.step_batch``.
+    """
+
+    def __init__(self, model, tokenizer, config: RolloutConfig | None = None,
+                 step_batch: Callable | None = None):
+        import torch
+
+        self.torch = torch
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or RolloutConfig()
+        self.step_batch = step_batch or default_step_batch
+        tags = tag_ids(tokenizer)
+        stops = {tags[t] for t in ("</search>", "</answer>") if t in tags}
+        if len(stops) < 2:
+            raise ValueError(
+                "the tokenizer must encode </search> and </answer> as single tokens "
+                "(add them as added tokens); got ids for "
+                f"{[t for t in ('</search>', '</answer>') if t in tags]}"
+            )
+        if tokenizer.eos_token_id is not None:
+            stops.add(int(tokenizer.eos_token_id))
+        self.stop_ids = stops
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
+            tokenizer.eos_token_id or 0)
+        self.timings = {"generate_s": 0.0, "env_s": 0.0, "other_s": 0.0}
+        self.generated_tokens = 0
+
+    # -- public API ----------------------------------------------------------------
+    def rollout(self, envs: Sequence, reset_options: Sequence[dict | None] | None = None,
+                group_ids: Sequence | None = None, episode_indices: Sequence[int] | None = None,
+                reset_seeds: Sequence[int | None] | None = None) -> list[Trajectory]:
+        """Run one episode per env (in chunks of ``max_batch_size``) and return them.
+
+        ``reset_options[i]`` goes to ``envs[i].reset`` (e.g. ``{"index": q}``);
+        ``group_ids[i]`` labels the GRPO group (default: the question id);
+        ``episode_indices[i]`` seeds the row's sampler (default ``i``), so the same index
+        gives the same samples whatever the batch.
+        """
+        n = len(envs)
+        reset_options = list(reset_options) if reset_options is not None else [None] * n
+        episode_indices = list(episode_indices) if episode_indices is not None else list(range(n))
+        reset_seeds = list(reset_seeds) if reset_seeds is not None else [None] * n
+        if not (len(reset_options) == len(episode_indices) == len(reset_seeds) == n):
+            raise ValueError("envs, reset_options, episode_indices and reset_seeds must have equal length")
+        if group_ids is not None and len(group_ids) != n:
+            raise ValueError("group_ids must have one entry per env")
+        if len({id(e) for e in envs}) != n:
+            raise ValueError("each episode needs its own env instance (got the same env twice)")
+        out: list[Trajectory] = []
+        bs = self.config.max_batch_size
+        for s in range(0, n, bs):
+            sl = slice(s, s + bs)
+            out += self._rollout_chunk(
+                envs[sl], reset_options[sl], None if group_ids is None else list(group_ids)[sl],
+                episode_indices[sl], reset_seeds[sl])
+        return out
+
+    def rollout_questions(self, envs: Sequence, question_indices: Sequence[int],
+                          n: int | None = None) -> list[Trajectory]:
+        """``n`` samples (default ``config.n``) of each question, grouped by question.
+
+        Needs ``len(envs) >= min(len(question_indices) * n, max_batch_size)``; envs are reused
+        across chunks. ``group_id`` is the question index; ``sample_index`` 0..n-1.
+        """
+        n = n or self.config.n
+        jobs = [(q, j) for q in question_indices for j in range(n)]
+        bs = min(self.config.max_batch_size, len(envs))
+        if bs < 1:
+            raise ValueError("rollout_questions needs at least one env")
+        out: list[Trajectory] = []
+        for s in range(0, len(jobs), bs):
+            chunk = jobs[s:s + bs]
+            trajs = self.rollout(
+                list(envs[:len(chunk)]), [{"index": int(q)} for q, _ in chunk],
+                group_ids=[int(q) for q, _ in chunk],
+                episode_indices=[s + i for i in range(len(chunk))])
+            for t, (_, j) in zip(trajs, chunk):
+                t.sample_index = j
+            out += trajs
+        return out
+
+    # -- internals -----------------------------------------------------------------
+    def _rollout_chunk(self, envs, reset_options, group_ids, episode_indices, reset_seeds):
+        torch = self.torch
+        cfg = self.config
+        rows: list[_Row] = []
+        for i, env in enumerate(envs):
+            prompt, info = env.reset(seed=reset_seeds[i], options=reset_options[i])
+            pids = encode_prompt(self.tokenizer, prompt)
+            qid = str(info.get("question_id", episode_indices[i]))
+            traj = Trajectory(
+                question_id=qid, group_id=group_ids[i] if group_ids is not None else qid,
+                sample_index=0, prompt=prompt, prompt_ids=pids,
+                golden_answers=_list_or_none(info.get("golden_answers")),
+                valid_strategies=valid_strategy_names(env, info),
+                family=info.get("family"), split=info.get("split"),
+                policy=getattr(self.model, "name_or_path", "") or type(self.model).__name__)
+            g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + int(episode_indices[i])) % (2**63))
+            rows.append(_Row(env, traj, pids, g, i))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                active = list(rows)
+                while active:
+                    t0 = time.perf_counter()
+                    self._generate_round(active)
+                    t1 = time.perf_counter()
+                    self.timings["generate_s"] += t1 - t0
+                    self._env_round(active)
+                    self.timings["env_s"] += time.perf_counter() - t1
+                    active = [r for r in active if not r.done]
+        finally:
+            if was_training:
+                self.model.train()
+        t0 = time.perf_counter()
+        for r in rows:
+            tr = r.traj
+            tr.segments = segment_labels(self.tokenizer, tr.response_ids, tr.loss_mask)
+            if cfg.return_hidden_states:
+                d = self.model.config.get_text_config().hidden_size
+                tr.hidden_states = (np.stack(r.hidden).astype(np.float32) if r.hidden
+                                    else np.zeros((0, d), np.float32))
+            r.kv = None
+        self.timings["other_s"] += time.perf_counter() - t0
+        return [r.traj for r in rows]
+
+    def _env_round(self, rows: list[_Row]) -> None:
+        cfg = self.config
+        actions = [self.tokenizer.decode(r.turn_ids, skip_special_tokens=True) for r in rows]
+        results = self.step_batch([r.env for r in rows], actions)
+        for r, action, (obs, reward, term, trunc, info) in zip(rows, actions, results):
+            r.reward_total += float(reward)
+            tr = r.traj
+            obs_ids = encode_text(self.tokenizer, obs) if (obs and not (term or trunc)) else []
+            if cfg.max_obs_tokens and len(obs_ids) > cfg.max_obs_tokens:
+                obs_ids = obs_ids[:cfg.max_obs_tokens]
+            used = len(tr.response_ids)
+            # Room for the observation and at least one more policy token.
+            over = bool(obs_ids) and used + len(obs_ids) + 1 > cfg.max_response_tokens
+            out_of_budget = r.stop == "budget" and used >= cfg.max_response_tokens
+            tr.turns.append(turn_record(
+                action, obs if obs_ids and not over else None, info, reward,
+                stop=r.stop, num_policy_tokens=len(r.turn_ids),
+                num_obs_tokens=0 if over else len(obs_ids)))
+            if term or trunc or over or out_of_budget or not obs_ids:
+                tr.budget_exhausted = bool(over or out_of_budget) and not (term or trunc)
+                finish_from_info(tr, info, r.reward_total, term, trunc)
+                r.done = True
+                continue
+            if cfg.max_obs_tokens and obs_ids:
+                tr.turns[-1]["observation"] = self.tokenizer.decode(obs_ids)
+            tr.response_ids += obs_ids
+            tr.loss_mask += [0] * len(obs_ids)
+            tr.logprobs += [0.0] * len(obs_ids)
+            tr.entropies += [0.0] * len(obs_ids)
+            r.seq += obs_ids
+
+    def _generate_round(self, rows: list[_Row]) -> None:
+        """Generate one turn for every row; on return each row's ``turn_ids`` holds the
+        sampled tokens (appended to its trajectory) and its KV cache is saved."""
+        torch = self.torch
+        cfg = self.config
+        model = self.model
+        for r in rows:
+            r.turn_ids, r.stop = [], ""
+        budgets = [min(cfg.max_new_tokens, cfg.max_response_tokens - len(r.traj.response_ids)) for r in rows]
+        live = [i for i, b in enumerate(budgets) if b > 0]
+        for i, b in enumerate(budgets):
+            if b <= 0:
+                rows[i].stop = "budget"
+        if not live:
+            return
+        rows = [rows[i] for i in live]
+        budgets = [budgets[i] for i in live]
+        B = len(rows)
+        past = [r.n_cached for r in rows]
+        pend = [r.seq[r.n_cached:] for r in rows]
+        P, U = max(past), max(len(p) for p in pend)
+        input_ids = torch.full((B, U), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, P + U), dtype=torch.long)
+        pos = torch.zeros((B, U), dtype=torch.long)
+        for b, (p, u) in enumerate(zip(past, pend)):
+            input_ids[b, U - len(u):] = torch.tensor(u, dtype=torch.long)
+            mask[b, P - p:P] = 1
+            mask[b, P + U - len(u):] = 1
+            pos[b, U - len(u):] = torch.arange(p, p + len(u))
+        cache = self._build_cache(rows, P)
+        next_pos = torch.tensor([p + len(u) for p, u in zip(past, pend)], dtype=torch.long)
+        want_h = cfg.return_hidden_states
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos,
+                    past_key_values=cache, use_cache=True, output_hidden_states=want_h)
+        cache = out.past_key_values
+        counts = [0] * B
+        while True:
+            logits = out.logits[:, -1, :].float()
+            tok, lp, ent = self._sample(logits, rows)
+            hid = out.hidden_states[-1][:, -1, :].float().numpy() if want_h else None
+            stopped = []
+            tok_l = tok.tolist()
+            lp_l, ent_l = lp.tolist(), ent.tolist()
+            for b, r in enumerate(rows):
+                t = tok_l[b]
+                r.turn_ids.append(t)
+                r.seq.append(t)
+                tr = r.traj
+                tr.response_ids.append(t)
+                tr.loss_mask.append(1)
+                tr.logprobs.append(lp_l[b])
+                tr.entropies.append(ent_l[b])
+                if want_h:
+                    r.hidden.append(hid[b].copy())
+                counts[b] += 1
+                if t in self.stop_ids:
+                    r.stop = "eos" if t == self.tokenizer.eos_token_id else "tag"
+                    stopped.append(b)
+                elif counts[b] >= budgets[b]:
+                    r.stop = "budget"
+                    stopped.append(b)
+            self.generated_tokens += B
+            if stopped:
+                for b in stopped:
+                    cols = mask[b].nonzero().squeeze(1)
+                    rows[b].kv = [(layer.keys[b:b + 1, :, cols].clone(), layer.values[b:b + 1, :, cols].clone())
+                                  for layer in cache.layers]
+                    rows[b].n_cached = len(rows[b].seq) - 1  # the last sampled token is pending
+                keep = [b for b in range(B) if b not in set(stopped)]
+                if not keep:
+                    break
+                idx = torch.tensor(keep, dtype=torch.long)
+                cache.batch_select_indices(idx)
+                mask, next_pos, tok = mask[idx], next_pos[idx], tok[idx]
+                rows = [rows[b] for b in keep]
+                budgets = [budgets[b] for b in keep]
+                counts = [counts[b] for b in keep]
+                B = len(rows)
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=1)
+            out = model(input_ids=tok.view(B, 1), attention_mask=mask, position_ids=next_pos.view(B, 1),
+                        past_key_values=cache, use_cache=True, output_hidden_states=want_h)
+            cache = out.past_key_values
+            next_pos = next_pos + 1
+
+    def _build_cache(self, rows: list[_Row], P: int):
+        """A DynamicCache holding each row's saved KV, left-padded to ``P`` columns."""
+        torch = self.torch
+        from transformers import DynamicCache
+
+        if P == 0:
+            return DynamicCache(config=self.model.config)
+        ref = next(r.kv for r in rows if r.kv is not None)
+        data = []
+        for li, (k0, v0) in enumerate(ref):
+            _, H, _, D = k0.shape
+            K = torch.zeros((len(rows), H, P, D), dtype=k0.dtype)
+            V = torch.zeros((len(rows), H, P, v0.shape[-1]), dtype=v0.dtype)
+            for b, r in enumerate(rows):
+                if r.kv is not None and r.n_cached:
+                    k, v = r.kv[li]
+                    K[b, :, P - k.shape[2]:] = k[0]
+                    V[b, :, P - v.shape[2]:] = v[0]
+            data.append((K, V))
+        for r in rows:
+            r.kv = None  # now owned by the batch cache
+        return DynamicCache(ddp_cache_data=data, config=self.model.config)
+
+    def _sample(self, logits, rows: list[_Row]):
+        """(token ids, log-probs, entropies) for each row's next token."""
+        torch = self.torch
+        from verl.utils.torch_functional import entropy_from_logits
+
+        cfg = self.config
+        scaled = logits if cfg.greedy else logits / cfg.temperature
+        logp = torch.log_softmax(scaled, dim=-1)
+        ent = entropy_from_logits(scaled)
+        if cfg.greedy:
+            tok = scaled.argmax(dim=-1)
+        else:
+            probs = logp.exp()
+            sp, si = probs.sort(dim=-1, descending=True)
+            if cfg.top_k:
+                sp[:, cfg.top_k:] = 0.0
+            if cfg.top_p < 1.0:
+                # Keep the smallest prefix whose mass reaches top_p (the first token always).
+                excl = sp.cumsum(dim=-1) - sp
+                sp = torch.where(excl < cfg.top_p, sp, torch.zeros_like(sp))
+            cdf = sp.cumsum(dim=-1)
+            u = torch.cat([torch.rand(1, generator=r.gen, dtype=torch.float64) for r in rows]).to(cdf.dtype)
+            j = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp_(max=sp.shape[1] - 1)
+            tok = si.gather(1, j).squeeze(1)
+        lp = logp.gather(1, tok.unsqueeze(1)).squeeze(1)
+        return tok, lp, ent
+
+
+def question_of(env, info: dict):
+    """The ``Question`` behind a reset ``info``, when the env keeps a question list."""
+    qs = getattr(getattr(env, "unwrapped", env), "questions", None)
+    idx = info.get("index")
+    if qs is None or idx is None:
+        return None
+    return qs[int(idx)]
+
+
+def valid_strategy_names(env, info: dict) -> list[str] | None:
+    """Names of the question's valid strategies (None for questions without any)."""
+    if info.get("valid_strategies") is not None:
+        return list(info["valid_strategies"])
+    q = question_of(env, info)
+    names = [s.name for s in getattr(q, "strategies", ()) or ()]
+    return names or None
+
+
+def _list_or_none(x):
+    return None if x is None else list(x)
+
+
+def config_dict(cfg: RolloutConfig) -> dict:
+    return asdict(cfg)

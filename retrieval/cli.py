@@ -1,0 +1,103 @@
+"""CLI: ``searchgym index build|query`` and ``searchgym serve``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_commands(subparsers) -> None:
+    index = subparsers.add_parser("index", help="build or query a retrieval index", description="Build or query a retrieval index folder.")
+    isub = index.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
+
+    build = isub.add_parser(
+        "build",
+        help="build an index folder from a Search-R1 JSONL corpus",
+        description="Build an index folder (manifest.json, docs.jsonl, index files) from a Search-R1 JSONL corpus.",
+    )
+    build.add_argument("--corpus", required=True, help="Search-R1 JSONL corpus ({\"id\", \"contents\"} per line); 'sample' for the bundled one")
+    build.add_argument("--out", required=True, help="index folder to write (replaced atomically if it exists)")
+    build.add_argument("--retriever", choices=["dense", "bm25"], default="dense", help="retriever kind (default dense)")
+    build.add_argument("--encoder", default=None, help="local encoder folder (default: bundled all-MiniLM-L6-v2)")
+    build.add_argument("--index-type", choices=["flat", "hnsw", "ivfpq"], default="flat", help="FAISS index type (default flat)")
+    build.add_argument("--query-prefix", default="", help="prefix added to queries, e.g. 'query: ' for e5")
+    build.add_argument("--passage-prefix", default="", help="prefix added to passages, e.g. 'passage: ' for e5")
+    build.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
+    build.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    build.set_defaults(func=_build)
+
+    query = isub.add_parser("query", help="query an index folder", description="Print the top-k hits of one or more queries.")
+    query.add_argument("index_dir", help="index folder")
+    query.add_argument("queries", nargs="+", help="query text(s)")
+    query.add_argument("-k", type=int, default=3, help="hits per query (default 3)")
+    query.add_argument("--json", action="store_true", help="print JSON instead of text")
+    query.set_defaults(func=_query)
+
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve an index over HTTP (Search-R1-compatible POST /retrieve)",
+        description="Serve an index folder: POST /retrieve (Search-R1 wire format) and GET /health.",
+    )
+    serve.add_argument("--index", required=True, help="index folder")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 exposes the server)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--token", default=None, help="bearer token required on every route but /health (or env SEARCHGYM_TOKEN)")
+    serve.add_argument("--no-batching", action="store_true", help="one retriever call per request (no micro-batching)")
+    serve.add_argument("--max-batch", type=int, default=256, help="max queries per coalesced call (default 256)")
+    serve.add_argument("--batch-wait-ms", type=float, default=2.0, help="wait window to coalesce requests (default 2 ms)")
+    serve.add_argument("--default-topk", type=int, default=3, help="topk when a request sends null (default 3)")
+    serve.add_argument("--max-topk", type=int, default=100, help="largest topk accepted (default 100)")
+    serve.add_argument("--max-queries", type=int, default=512, help="most queries per request (default 512)")
+    serve.add_argument("--max-query-chars", type=int, default=4096, help="longest query accepted (default 4096)")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    serve.add_argument("--cache-size", type=int, default=10_000, help="query-embedding LRU cache entries, 0 disables (default 10000)")
+    serve.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    serve.set_defaults(func=_serve)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from searchgym.retrieval.data_files import sample_corpus_path
+    from searchgym.retrieval.index import build_index, read_manifest
+
+    corpus = sample_corpus_path() if args.corpus == "sample" else args.corpus
+    out = build_index(
+        corpus, args.out, kind=args.retriever, encoder=args.encoder, index_type=args.index_type,
+        query_prefix=args.query_prefix, passage_prefix=args.passage_prefix, batch_size=args.batch_size,
+        progress=False if args.no_progress else None,
+    )
+    m = read_manifest(out)
+    detail = f"{m['index_type']}, {m['encoder']['name']}, dim {m['dimension']}" if m["kind"] == "dense" else "bm25s"
+    print(f"built {m['kind']} index {out} ({m['count']} documents; {detail})")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from searchgym.retrieval.index import load_retriever
+
+    if args.k < 1:
+        raise ValueError(f"-k must be >= 1, got {args.k}")
+    results = load_retriever(args.index_dir).search(args.queries, args.k)
+    if args.json:
+        print(json.dumps([[h.__dict__ for h in hits] for hits in results], ensure_ascii=False, indent=2))
+        return 0
+    for q, hits in zip(args.queries, results):
+        print(f"query: {q}")
+        for rank, h in enumerate(hits, 1):
+            text = h.text if len(h.text) <= 160 else h.text[:157] + "..."
+            print(f"  {rank}. [{h.score:.4f}] {h.doc_id} {h.title}: {text}")
+        if not hits:
+            print("  (no hits)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from searchgym.retrieval.server import ServerConfig, serve
+
+    config = ServerConfig(
+        default_topk=args.default_topk, max_topk=args.max_topk, max_queries=args.max_queries,
+        max_query_chars=args.max_query_chars, max_body_bytes=args.max_body_bytes,
+        batching=not args.no_batching, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+        token=args.token,
+    )
+    serve(args.index, host=args.host, port=args.port, config=config, log_level=args.log_level, cache_size=args.cache_size)
+    return 0

@@ -1,0 +1,282 @@
+"""Index folders: build, save (atomically) and load (checked against the manifest).
+
+A folder holds::
+
+    manifest.json   kind, encoder, dimension, count, corpus sha256, format version, files
+    docs.jsonl      the corpus, byte-for-byte (Search-R1 JSONL): the document store
+    index.faiss     dense only: the FAISS index
+    bm25/           bm25 only: the bm25s index files
+
+The whole folder is built under a temp name and swapped in at the end, so a crash never
+leaves a half-written index behind. ``load_retriever`` is memoised per process: every env
+instance that asks for the same folder shares one loaded index and encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from searchgym.retrieval.base import Document, read_corpus, write_corpus
+from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
+
+FORMAT = "searchgym-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DOCS = "docs.jsonl"
+FAISS_FILE = "index.faiss"
+BM25_DIR = "bm25"
+KINDS = ("dense", "bm25")
+
+
+class IndexFormatError(ValueError):
+    """An index folder is missing a file, is corrupt, or does not match its manifest.
+    The message names the file and the mismatch."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_index(
+    corpus: str | Path | Iterable[Document],
+    out_dir: str | Path,
+    kind: str = "dense",
+    encoder: str | Path | None = None,
+    index_type: str = "flat",
+    *,
+    query_prefix: str = "",
+    passage_prefix: str = "",
+    batch_size: int = 64,
+    progress: bool | None = None,
+    hnsw_m: int = 32,
+    ef_construction: int = 200,
+    ef_search: int = 128,
+    nlist: int | None = None,
+    pq_m: int | None = None,
+    nprobe: int | None = None,
+) -> Path:
+    """Build an index folder at ``out_dir`` from a Search-R1 JSONL corpus (a path) or from
+    ``Document`` objects, and return its path.
+
+    ``kind`` is "dense" (``encoder``: a local encoder folder, default the bundled
+    all-MiniLM-L6-v2; ``index_type``: "flat" | "hnsw" | "ivfpq") or "bm25". An existing
+    folder is replaced only once the new one is complete.
+    """
+    from searchgym.retrieval.dense import INDEX_TYPES
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown retriever kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "dense" and index_type not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+    out_dir = Path(out_dir)
+    source = None
+    if isinstance(corpus, (str, Path)):
+        source = Path(corpus)
+        if not source.is_file():
+            raise FileNotFoundError(f"{source}: corpus file does not exist")
+        documents = list(read_corpus(source))  # validates every line (file:line on error)
+    else:
+        documents = list(corpus)
+    if not documents:
+        raise ValueError(f"{source or 'corpus'}: no documents")
+
+    with atomic_dir(out_dir) as tmp:
+        docs_path = tmp / DOCS
+        if source is not None:
+            shutil.copyfile(source, docs_path)
+        else:
+            write_corpus(documents, docs_path)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "count": len(documents),
+            "corpus_sha256": file_sha256(docs_path),
+            "source_corpus": str(source.resolve()) if source is not None else None,
+            "files": [DOCS],
+        }
+        if kind == "dense":
+            import faiss
+
+            from searchgym.retrieval.dense import make_faiss_index
+            from searchgym.retrieval.encoder import Encoder
+
+            enc = Encoder(encoder, query_prefix=query_prefix, passage_prefix=passage_prefix, batch_size=batch_size)
+            emb = enc.encode_passages([f'"{d.title}"\n{d.text}' for d in documents], progress=progress)
+            index, params = make_faiss_index(
+                emb, index_type, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search,
+                nlist=nlist, pq_m=pq_m, nprobe=nprobe,
+            )
+            faiss.write_index(index, str(tmp / FAISS_FILE))
+            manifest.update(
+                encoder=enc.describe(), dimension=enc.dimension, index_type=index_type, index_params=params,
+            )
+            manifest["files"].append(FAISS_FILE)
+        else:
+            from searchgym.retrieval.bm25 import STOPWORDS, BM25Retriever
+
+            BM25Retriever.build(documents).model.save(str(tmp / BM25_DIR), show_progress=False)
+            manifest.update(encoder=None, dimension=None, tokenizer={"stopwords": STOPWORDS})
+            manifest["files"].append(BM25_DIR)
+        atomic_write_json(tmp / MANIFEST, manifest)
+    return out_dir
+
+
+def read_manifest(index_dir: str | Path) -> dict:
+    """Read and check ``manifest.json`` (format, version, kind, required keys)."""
+    index_dir = Path(index_dir)
+    if not index_dir.is_dir():
+        raise IndexFormatError(f"{index_dir}: index folder does not exist")
+    path = index_dir / MANIFEST
+    if not path.is_file():
+        raise IndexFormatError(f"{path}: missing (not a searchgym index folder; build one with `searchgym index build`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexFormatError(f"{path}: corrupt, not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexFormatError(f"{path}: not a searchgym index manifest (format should be {FORMAT!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path}: unknown format version {version!r} (this searchgym reads version {FORMAT_VERSION}); rebuild the index"
+        )
+    for key in ("kind", "count", "corpus_sha256", "files"):
+        if key not in manifest:
+            raise IndexFormatError(f"{path}: missing key {key!r}")
+    if manifest["kind"] not in KINDS:
+        raise IndexFormatError(f"{path}: unknown retriever kind {manifest['kind']!r} (expected one of {', '.join(KINDS)})")
+    if manifest["kind"] == "dense":
+        for key in ("dimension", "encoder", "index_type"):
+            if key not in manifest:
+                raise IndexFormatError(f"{path}: missing key {key!r}")
+    for name in manifest["files"]:
+        if not (index_dir / name).exists():
+            raise IndexFormatError(f"{index_dir / name}: missing (listed in {path})")
+    return manifest
+
+
+def _load_documents(index_dir: Path, manifest: dict, verify: bool) -> list[Document]:
+    docs_path = index_dir / DOCS
+    if verify:
+        actual = file_sha256(docs_path)
+        if actual != manifest["corpus_sha256"]:
+            raise IndexFormatError(
+                f"{docs_path}: corpus changed since the index was built "
+                f"(sha256 {actual[:12]}... != manifest {str(manifest['corpus_sha256'])[:12]}...); rebuild the index"
+            )
+    documents = list(read_corpus(docs_path))
+    if len(documents) != manifest["count"]:
+        raise IndexFormatError(
+            f"{docs_path}: holds {len(documents)} documents but {index_dir / MANIFEST} says count {manifest['count']}"
+        )
+    return documents
+
+
+def _load_uncached(index_dir: Path, encoder, cache_size: int, verify: bool):
+    manifest = read_manifest(index_dir)
+    documents = _load_documents(index_dir, manifest, verify)
+    if manifest["kind"] == "bm25":
+        import bm25s
+
+        from searchgym.retrieval.bm25 import BM25Retriever
+
+        bm25_dir = index_dir / BM25_DIR
+        try:
+            model = bm25s.BM25.load(str(bm25_dir), show_progress=False)
+        except Exception as exc:  # bm25s raises whatever numpy/json raise on a bad file
+            raise IndexFormatError(f"{bm25_dir}: corrupt BM25 index ({type(exc).__name__}: {exc})") from None
+        n_docs = int(model.scores["num_docs"]) if "num_docs" in model.scores else len(documents)
+        if n_docs != len(documents):
+            raise IndexFormatError(f"{bm25_dir}: indexes {n_docs} documents but the manifest says {len(documents)}")
+        return BM25Retriever(model, documents)
+
+    import faiss
+
+    from searchgym.retrieval.dense import DenseRetriever, apply_search_params
+    from searchgym.retrieval.encoder import Encoder
+
+    faiss_path = index_dir / FAISS_FILE
+    try:
+        index = faiss.read_index(str(faiss_path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        raise IndexFormatError(f"{faiss_path}: corrupt FAISS index ({first})") from None
+    dim = manifest["dimension"]
+    if index.d != dim:
+        raise IndexFormatError(f"{faiss_path}: dimension {index.d} does not match manifest dimension {dim}")
+    if index.ntotal != len(documents):
+        raise IndexFormatError(f"{faiss_path}: holds {index.ntotal} vectors but the manifest says {len(documents)} documents")
+    apply_search_params(index, manifest["index_type"], manifest.get("index_params") or {})
+    spec = manifest["encoder"] or {}
+    enc = Encoder(
+        encoder if encoder is not None else spec.get("path"),
+        query_prefix=spec.get("query_prefix", ""),
+        passage_prefix=spec.get("passage_prefix", ""),
+    )
+    if enc.dimension != dim:
+        raise IndexFormatError(
+            f"{index_dir / MANIFEST}: index dimension {dim} does not match encoder {enc.path} "
+            f"dimension {enc.dimension} (wrong encoder for this index)"
+        )
+    return DenseRetriever(index, documents, enc, cache_size=cache_size, index_type=manifest["index_type"])
+
+
+_SHARED: dict[tuple, object] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _signature(index_dir: Path) -> tuple:
+    """Stat of every file in the folder: a rebuilt or edited index gets a new cache key."""
+    return tuple(
+        sorted((str(p.relative_to(index_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in index_dir.rglob("*") if p.is_file())
+    )
+
+
+def load_retriever(
+    index_dir: str | Path,
+    *,
+    encoder: str | Path | None = None,
+    cache_size: int = 10_000,
+    verify: bool = True,
+    shared: bool = True,
+):
+    """Load the retriever stored in ``index_dir`` after checking it against its manifest.
+
+    Raises ``IndexFormatError`` naming the file and the mismatch (missing file, corrupt
+    file, wrong dimension, corpus changed, unknown format version). ``encoder`` overrides
+    the encoder folder recorded in the manifest. ``verify=False`` skips the corpus sha256
+    (slow on very large corpora). With ``shared`` (default) the loaded retriever is
+    memoised per process by resolved path, file stats and options, so many envs share it.
+    """
+    index_dir = Path(index_dir).expanduser()
+    if not shared:
+        return _load_uncached(index_dir, encoder, cache_size, verify)
+    resolved = index_dir.resolve()
+    if not resolved.is_dir():
+        raise IndexFormatError(f"{index_dir}: index folder does not exist")
+    key = (str(resolved), _signature(resolved), str(encoder) if encoder else None, cache_size)
+    with _SHARED_LOCK:
+        retriever = _SHARED.get(key)
+        if retriever is None:
+            retriever = _load_uncached(resolved, encoder, cache_size, verify)
+            # Drop stale entries for the same folder (it was rebuilt).
+            for old in [k for k in _SHARED if k[0] == key[0]]:
+                del _SHARED[old]
+            _SHARED[key] = retriever
+        return retriever
+
+
+def clear_shared() -> None:
+    """Forget every memoised retriever (tests, or to free memory)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()

@@ -1,0 +1,340 @@
+"""Search-R1-compatible retrieval server (FastAPI on uvicorn) with dynamic micro-batching.
+
+``POST /retrieve`` takes ``{"queries": [str], "topk": int|null, "return_scores": bool}`` and
+answers ``{"result": [...one list per query...]}``; an entry is
+``{"document": {"id", "contents"}, "score": float}`` when ``return_scores`` is true and the
+bare ``{"id", "contents"}`` document otherwise (Search-R1 answers 500 there; we don't).
+``GET /health`` reports the index, the encoder, the query cache and batching counters.
+
+Concurrent requests are queued and coalesced: the batcher takes everything pending (up to
+``max_batch`` queries, after a ``batch_wait_ms`` window) and answers it with one
+``retriever.search`` call per distinct ``topk``, in a worker thread, so the event loop
+never blocks on encoding or FAISS. With ``batching=False`` each request is its own call
+(the Search-R1-style baseline the benchmark compares against).
+
+Bad requests get a 4xx JSON ``{"detail": message}``, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import os
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
+
+from searchgym.retrieval.base import Hit
+
+TOKEN_ENV = "SEARCHGYM_TOKEN"
+
+
+@dataclass
+class ServerConfig:
+    """Limits and batching knobs of the retrieval server."""
+
+    default_topk: int = 3  # used when a request sends "topk": null or omits it
+    max_topk: int = 100
+    max_queries: int = 512  # per request
+    max_query_chars: int = 4096
+    max_body_bytes: int = 1 << 20
+    batching: bool = True
+    max_batch: int = 256  # queries per coalesced retriever call
+    batch_wait_ms: float = 2.0
+    token: str | None = None  # bearer token required on every route but /health
+
+    def __post_init__(self):
+        for name in ("default_topk", "max_topk", "max_queries", "max_query_chars", "max_body_bytes", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_wait_ms < 0:
+            raise ValueError(f"ServerConfig.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if self.default_topk > self.max_topk:
+            raise ValueError(f"ServerConfig.default_topk {self.default_topk} exceeds max_topk {self.max_topk}")
+
+
+class RequestError(Exception):
+    """A client error, answered with ``status`` and ``{"detail": message}``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def parse_request(payload, config: ServerConfig) -> tuple[list[str], int, bool]:
+    """Validate a decoded ``/retrieve`` body; returns (queries, topk, return_scores)."""
+    if not isinstance(payload, dict):
+        raise RequestError(422, f"request body must be a JSON object, got {type(payload).__name__}")
+    if "queries" not in payload:
+        raise RequestError(422, "missing field 'queries' (a list of strings)")
+    queries = payload["queries"]
+    if not isinstance(queries, list):
+        raise RequestError(422, f"'queries' must be a list of strings, got {type(queries).__name__}")
+    if not queries:
+        raise RequestError(422, "'queries' is empty")
+    if len(queries) > config.max_queries:
+        raise RequestError(422, f"too many queries: {len(queries)} > {config.max_queries} per request")
+    for i, q in enumerate(queries):
+        if not isinstance(q, str):
+            raise RequestError(422, f"queries[{i}] must be a string, got {type(q).__name__}")
+        if not q.strip():
+            raise RequestError(422, f"queries[{i}] is empty")
+        if len(q) > config.max_query_chars:
+            raise RequestError(422, f"queries[{i}] is too long: {len(q)} > {config.max_query_chars} characters")
+    topk = payload.get("topk")
+    if topk is None:
+        topk = config.default_topk
+    elif isinstance(topk, bool) or not isinstance(topk, int):
+        raise RequestError(422, f"'topk' must be an integer or null, got {json.dumps(topk)[:40]}")
+    elif not 1 <= topk <= config.max_topk:
+        raise RequestError(422, f"'topk' must be between 1 and {config.max_topk}, got {topk}")
+    return_scores = payload.get("return_scores", False)
+    if not isinstance(return_scores, bool):
+        raise RequestError(422, f"'return_scores' must be true or false, got {json.dumps(return_scores)[:40]}")
+    return queries, topk, return_scores
+
+
+def _document(hit: Hit) -> dict:
+    return {"id": hit.doc_id, "contents": f'"{hit.title}"\n{hit.text}'}
+
+
+def format_result(results: list[list[Hit]], return_scores: bool) -> dict:
+    """Search-R1's response body."""
+    if return_scores:
+        return {"result": [[{"document": _document(h), "score": h.score} for h in hits] for hits in results]}
+    return {"result": [[_document(h) for h in hits] for hits in results]}
+
+
+class MicroBatcher:
+    """Coalesces concurrent ``submit`` calls into few ``retriever.search`` calls.
+
+    Requests wait in a deque; one loop task takes everything pending (whole requests, up
+    to ``max_batch`` queries; a larger single request goes alone), waits ``wait_s`` first
+    if the batch is not full yet, and runs the batch in the executor thread.
+    """
+
+    def __init__(self, retriever, executor: ThreadPoolExecutor, max_batch: int, wait_s: float):
+        self.retriever = retriever
+        self.executor = executor
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self._pending: deque = deque()
+        self._pending_queries = 0
+        self._event: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+        self.batched_queries = 0
+        self.batched_requests = 0
+
+    def start(self) -> None:
+        self._event = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._pending:
+            fut = self._pending.popleft()[2]
+            if not fut.done():
+                fut.set_exception(RuntimeError("server shutting down"))
+
+    async def submit(self, queries: list[str], k: int) -> list[list[Hit]]:
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((queries, k, fut))
+        self._pending_queries += len(queries)
+        self._event.set()
+        return await fut
+
+    def _execute(self, batch: list) -> list[list[list[Hit]]]:
+        # One search per distinct k (normally one): mixing k in one call would change
+        # results for approximate indexes.
+        out: list = [None] * len(batch)
+        by_k: dict[int, list[int]] = {}
+        for i, (_, k, _) in enumerate(batch):
+            by_k.setdefault(k, []).append(i)
+        for k, members in by_k.items():
+            flat = [q for i in members for q in batch[i][0]]
+            hits = self.retriever.search(flat, k)
+            pos = 0
+            for i in members:
+                n = len(batch[i][0])
+                out[i] = hits[pos : pos + n]
+                pos += n
+        return out
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._event.wait()
+            if not self._pending:
+                self._event.clear()
+                continue
+            if self.wait_s > 0 and self._pending_queries < self.max_batch:
+                await asyncio.sleep(self.wait_s)  # let concurrent requests join
+            batch, n = [], 0
+            while self._pending and (not batch or n + len(self._pending[0][0]) <= self.max_batch):
+                item = self._pending.popleft()
+                batch.append(item)
+                n += len(item[0])
+            self._pending_queries -= n
+            if not self._pending:
+                self._event.clear()
+            batch = [item for item in batch if not item[2].done()]  # drop requests whose client left
+            if not batch:
+                continue
+            self.batches += 1
+            self.batched_queries += sum(len(item[0]) for item in batch)
+            self.batched_requests += len(batch)
+            try:
+                results = await loop.run_in_executor(self.executor, self._execute, batch)
+            except Exception as exc:  # a server fault: every request of the batch gets it
+                for item in batch:
+                    if not item[2].done():
+                        item[2].set_exception(exc)
+                continue
+            for item, res in zip(batch, results):
+                if not item[2].done():
+                    item[2].set_result(res)
+
+    def stats(self) -> dict:
+        return {
+            "batches": self.batches,
+            "requests": self.batched_requests,
+            "queries": self.batched_queries,
+            "mean_batch_queries": (self.batched_queries / self.batches) if self.batches else 0.0,
+        }
+
+
+def create_app(retriever, config: ServerConfig | None = None):
+    """The FastAPI app serving ``retriever`` (any ``Retriever``; dense ones report encoder
+    and cache stats on /health)."""
+    config = config or ServerConfig()
+    token = config.token.encode("utf-8") if config.token else None
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="searchgym-retrieve")
+    batcher = MicroBatcher(retriever, executor, config.max_batch, config.batch_wait_ms / 1000.0)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if config.batching:
+            batcher.start()
+        # Warm the encoder so the first request does not pay for lazy initialisation.
+        encoder = getattr(retriever, "encoder", None)
+        if encoder is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, encoder.encode_queries, ["warm up"])
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="searchgym retrieval", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.config = config
+    app.state.batcher = batcher
+    app.state.retriever = retriever
+
+    def error(status: int, message: str, headers=None):
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+    def authorized(request: Request) -> bool:
+        if token is None:
+            return True
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode("utf-8"), token)
+
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise RequestError(400, f"invalid Content-Length header {length[:40]!r}") from None
+            if declared > config.max_body_bytes:
+                raise RequestError(413, f"request body too large: {declared} > {config.max_body_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > config.max_body_bytes:  # chunked bodies declare no length
+                raise RequestError(413, f"request body too large: over {config.max_body_bytes} bytes")
+        return bytes(body)
+
+    @app.post("/retrieve")
+    async def retrieve(request: Request):
+        if not authorized(request):
+            return error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        try:
+            body = await read_body(request)
+            try:
+                payload = json.loads(body)
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, deep nesting
+                raise RequestError(400, f"malformed JSON body: {str(exc)[:200]}") from None
+            queries, topk, return_scores = parse_request(payload, config)
+        except RequestError as exc:
+            return error(exc.status, exc.message)
+        except ClientDisconnect:
+            return error(400, "client disconnected while sending the body")
+        if config.batching:
+            results = await batcher.submit(queries, topk)
+        else:
+            results = await asyncio.get_running_loop().run_in_executor(executor, retriever.search, queries, topk)
+        body = json.dumps(format_result(results, return_scores), ensure_ascii=False).encode("utf-8")
+        return Response(body, media_type="application/json")
+
+    @app.get("/health")
+    async def health():
+        stats = retriever.stats() if hasattr(retriever, "stats") else {"kind": getattr(retriever, "kind", "unknown")}
+        stats.update(status="ok", batching=config.batching, max_batch=config.max_batch, batcher=batcher.stats())
+        return stats
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, exc):
+        return error(404, f"no route {request.url.path}; use POST /retrieve or GET /health")
+
+    return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(index_dir, host: str = "127.0.0.1", port: int = 8000, config: ServerConfig | None = None,
+          log_level: str = "warning", cache_size: int = 10_000) -> None:
+    """Load ``index_dir`` and serve it until interrupted."""
+    import uvicorn
+
+    from searchgym.retrieval.index import load_retriever
+
+    config = config or ServerConfig()
+    if config.token is None and os.environ.get(TOKEN_ENV):
+        config.token = os.environ[TOKEN_ENV]
+    retriever = load_retriever(index_dir, cache_size=cache_size)
+    desc = f"{retriever.kind} index {index_dir} ({retriever.count} docs"
+    encoder = getattr(retriever, "encoder", None)
+    desc += f", {encoder.name})" if encoder is not None else ")"
+    print(f"searchgym serve: {desc} on http://{host}:{port} (POST /retrieve, GET /health)", flush=True)
+    if _is_loopback(host):
+        print(f"searchgym serve: bound to {host} only; pass --host 0.0.0.0 to accept remote clients", flush=True)
+    elif config.token is None:
+        print(f"searchgym serve: WARNING: listening on {host} without a token (--token or ${TOKEN_ENV})",
+              file=sys.stderr, flush=True)
+    print(f"searchgym serve: micro-batching {'on' if config.batching else 'off'}; limits {asdict(config) | {'token': bool(config.token)}}",
+          flush=True)
+    uvicorn.run(create_app(retriever, config), host=host, port=port, log_level=log_level, access_log=False)

@@ -1,0 +1,146 @@
+"""Presets of the main job (``searchgym run --preset smoke|small|full``).
+
+A preset composes the per-component configs of the packages (envs ``WorldConfig``, the
+tiny model preset of agents, training's ``SFTConfig`` and ``RLConfig``) with the
+experiment's own stage configs. Paths inside the component configs are left empty: the
+experiment fills them with the stage folders of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+OBJECTIVES_ALL = ("grpo", "entropy_bonus", "clip_higher", "clip_cov", "kl_cov", "forking_tokens", "er_shaped")
+#: What `small` keeps when the full arm set cannot fit its time budget (issue #6).
+OBJECTIVES_CORE = ("grpo", "clip_cov", "kl_cov", "forking_tokens", "er_shaped")
+WARM_STARTS = ("diverse", "narrow")
+
+
+@dataclass(frozen=True)
+class IndexStageConfig:
+    """Which retriever index the world's envs use (built next to the world)."""
+
+    kind: str = "dense"  # "dense" (MiniLM + FAISS) | "bm25"
+
+
+@dataclass(frozen=True)
+class DemoStageConfig:
+    """The two matched demonstration sets (agents' scripted strategy agents)."""
+
+    episodes: int = 200  # per set (diverse and narrow are matched in size)
+    split: str = "train"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelStageConfig:
+    """The tiny offline model and its tokenizer (agents ``init_model``)."""
+
+    preset: str = "smoke"  # agents.model.PRESETS
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The fixed evaluation: the same held-out questions, ``samples`` each, at the RL
+    start and every ``every`` RL steps (and at the end)."""
+
+    questions: int = 16
+    samples: int = 4  # n per question; pass@k uses k <= samples
+    k: int = 4
+    every: int = 5
+    split: str = "validation"
+    family: str = "multihop"
+    temperature: float = 1.0
+    er_window: int = 32  # tokens of the length-controlled ER window
+    vendi: bool = True
+
+
+@dataclass
+class Preset:
+    """Everything ``searchgym run`` needs; the cache keys are computed from these fields."""
+
+    name: str
+    world: "object"  # searchgym.envs.world.WorldConfig
+    index: IndexStageConfig
+    demos: DemoStageConfig
+    model: ModelStageConfig
+    sft: "object"  # searchgym.training.config.SFTConfig
+    rl: "object"  # searchgym.training.config.RLConfig
+    eval: EvalConfig
+    objectives: tuple[str, ...] = OBJECTIVES_ALL
+    warm_starts: tuple[str, ...] = WARM_STARTS
+    seeds: tuple[int, ...] = (0, 1)
+    workers: int = 1
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def get_preset(name: str) -> Preset:
+    """The named preset (smoke, small, full) with the packages' own configs."""
+    from searchgym.envs.world import WorldConfig
+    from searchgym.training.config import rl_preset, sft_preset
+
+    if name == "smoke":
+        return Preset(
+            name="smoke",
+            world=WorldConfig(preset="smoke", seed=0),
+            index=IndexStageConfig(kind="bm25"),
+            demos=DemoStageConfig(episodes=48),
+            model=ModelStageConfig(preset="smoke"),
+            sft=sft_preset("smoke"),
+            rl=rl_preset("smoke", steps=4, batch_questions=4, n_samples=4, hidden_states=True, eval_every=0,
+                         save_every=2, tensorboard=False),
+            eval=EvalConfig(questions=4, samples=4, k=4, every=2, vendi=True),
+            objectives=("grpo", "clip_cov"),
+            warm_starts=WARM_STARTS,
+            seeds=(0,),
+        )
+    if name == "small":
+        return Preset(
+            name="small",
+            world=WorldConfig(preset="small", seed=0),
+            index=IndexStageConfig(kind="dense"),
+            demos=DemoStageConfig(episodes=400),
+            model=ModelStageConfig(preset="small"),
+            sft=sft_preset("small"),
+            rl=rl_preset("small", steps=30, hidden_states=True, eval_every=0, tensorboard=False),
+            eval=EvalConfig(questions=16, samples=4, k=4, every=10),
+            objectives=OBJECTIVES_ALL,
+            seeds=(0, 1),
+        )
+    if name == "full":
+        return Preset(
+            name="full",
+            world=WorldConfig(preset="small", seed=0),
+            index=IndexStageConfig(kind="dense"),
+            demos=DemoStageConfig(episodes=800),
+            model=ModelStageConfig(preset="small"),
+            sft=sft_preset("small"),
+            rl=rl_preset("small", steps=100, hidden_states=True, eval_every=0, tensorboard=False),
+            eval=EvalConfig(questions=32, samples=8, k=8, every=20),
+            objectives=OBJECTIVES_ALL,
+            seeds=(0, 1, 2),
+        )
+    raise ValueError(f"unknown preset {name!r}; choose from smoke, small, full")
+
+
+def with_arms(preset: Preset, objectives=None, warm_starts=None, seeds=None, workers=None) -> Preset:
+    """``preset`` restricted to the given arms (validated against the objective registry)."""
+    from searchgym.training.objectives import objective_names
+
+    known = set(objective_names())
+    for o in objectives or ():
+        if o not in known:
+            raise ValueError(f"unknown objective {o!r}; choose from {sorted(known)}")
+    for w in warm_starts or ():
+        if w not in WARM_STARTS:
+            raise ValueError(f"unknown warm start {w!r}; choose from {list(WARM_STARTS)}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    return replace(
+        preset,
+        objectives=tuple(objectives) if objectives else preset.objectives,
+        warm_starts=tuple(warm_starts) if warm_starts else preset.warm_starts,
+        seeds=tuple(seeds) if seeds else preset.seeds,
+        workers=workers or preset.workers,
+    )

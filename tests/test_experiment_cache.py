@@ -1,0 +1,100 @@
+"""Stage cache: keys follow content, finished stages are reused, failures leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from searchgym.experiment import ArmSpec, ArmTask, StageCache, run_arms, stage_key
+
+
+@dataclass(frozen=True)
+class Cfg:
+    n: int = 3
+    lr: float = 1e-3
+    names: tuple[str, ...] = ("a", "b")
+
+
+def test_key_follows_config_and_inputs():
+    base = stage_key("world", Cfg())
+    assert base == stage_key("world", Cfg())  # same config -> same key
+    assert len({base, stage_key("world", Cfg(n=4)), stage_key("world", Cfg(lr=1e-4)),
+                stage_key("world", Cfg(names=("a",))), stage_key("index", Cfg()),
+                stage_key("world", Cfg(), version=2), stage_key("world", Cfg(), {"up": "k1"})}) == 7
+    assert stage_key("world", Cfg(), {"up": "k1"}) != stage_key("world", Cfg(), {"up": "k2"})
+    # dict order does not matter; int vs float does
+    assert stage_key("s", {"a": 1, "b": 2}) == stage_key("s", {"b": 2, "a": 1})
+    assert stage_key("s", {"a": 1}) != stage_key("s", {"a": 1.0})
+    with pytest.raises(TypeError, match="cannot hash"):
+        stage_key("s", {"a": object()})
+
+
+def _write_n(cfg: Cfg, calls: list):
+    def fn(out: Path, inputs: dict, scratch: Path) -> dict:
+        calls.append(cfg.n)
+        (out / "data.txt").write_text("x" * cfg.n)
+        return {"n": cfg.n}
+    return fn
+
+
+def test_cache_reuse_and_downstream_invalidation(tmp_path):
+    cache = StageCache(tmp_path)
+    calls: list = []
+    a = cache.run("a", Cfg(), {}, _write_n(Cfg(), calls))
+    assert not a.cached and (a.path / "data.txt").read_text() == "xxx"
+    assert json.loads((a.path / "manifest.json").read_text())["info"] == {"n": 3}
+    b = cache.run("b", Cfg(n=1), {"a": a}, lambda out, inp, s: {"up": (inp["a"] / "data.txt").read_text()})
+    assert b.info == {"up": "xxx"}
+    # rerun: both cached, function not called
+    a2 = cache.run("a", Cfg(), {}, _write_n(Cfg(), calls))
+    assert a2.cached and a2.key == a.key and calls == [3]
+    # upstream config change -> new upstream key -> downstream rebuilt under a new key
+    a3 = cache.run("a", Cfg(n=5), {}, _write_n(Cfg(n=5), calls))
+    b3 = cache.run("b", Cfg(n=1), {"a": a3}, lambda out, inp, s: {"up": (inp["a"] / "data.txt").read_text()})
+    assert not b3.cached and b3.key != b.key and b3.info == {"up": "xxxxx"}
+
+
+def test_interrupted_stage_leaves_no_done_marker_and_keeps_scratch(tmp_path):
+    cache = StageCache(tmp_path)
+
+    def crash(out: Path, inputs: dict, scratch: Path):
+        (scratch / "checkpoint").write_text("step 7")
+        (out / "half").write_text("partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.run("rl", Cfg(), {}, crash)
+    key = stage_key("rl", Cfg())
+    assert not cache.path("rl", key).exists()
+    assert (cache.scratch("rl", key) / "checkpoint").read_text() == "step 7"
+
+    def resume(out: Path, inputs: dict, scratch: Path):
+        return {"resumed_from": (scratch / "checkpoint").read_text()}
+
+    res = cache.run("rl", Cfg(), {}, resume)
+    assert res.info == {"resumed_from": "step 7"} and not cache.scratch("rl", key).exists()
+
+
+def arm_fn(spec: ArmSpec, config: Cfg, out: Path, inputs: dict, scratch: Path) -> dict:
+    """Module-level so spawn workers can import it."""
+    if spec.objective == "broken":
+        raise RuntimeError(f"objective {spec.objective} exploded")
+    import torch
+
+    (out / "threads.txt").write_text(str(torch.get_num_threads()))
+    return {"seed": spec.seed}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failing_arm_is_not_fatal(tmp_path, workers):
+    specs = [ArmSpec("diverse", "grpo", 0), ArmSpec("diverse", "broken", 0), ArmSpec("narrow", "grpo", 1)]
+    tasks = [ArmTask(s, str(tmp_path), Cfg(), {}, arm_fn) for s in specs]
+    out = run_arms(tasks, workers=workers, threads_per_worker=1, progress=False)
+    assert [o.status for o in out] == ["ok", "failed", "ok"]
+    assert "objective broken exploded" in out[1].error
+    assert (Path(out[0].path) / "threads.txt").read_text() == "1"
+    again = run_arms(tasks, workers=1, progress=False)
+    assert again[0].cached and again[2].cached and again[1].status == "failed"

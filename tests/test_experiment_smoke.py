@@ -1,0 +1,62 @@
+"""`searchgym run --preset smoke` end to end: report, figures, finite numbers, cache reuse."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+
+from searchgym.cli import main
+
+FIGURES = ("token_entropy_vs_step", "er_vs_step", "strategy_entropy_vs_step", "accuracy_vs_entropy",
+           "entropy_ratio_vs_er_ratio")
+
+
+def _numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_smoke_run_end_to_end_and_cached_rerun(tmp_path, monkeypatch):
+    import torch
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "smoke"
+    t0 = time.perf_counter()
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    first = time.perf_counter() - t0
+
+    assert (out / "report.md").stat().st_size > 0
+    rep = json.loads((out / "report.json").read_text())
+    for name in FIGURES:
+        assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    nums = list(_numbers(rep))
+    assert nums and all(math.isfinite(x) for x in nums)
+    assert rep["failed_arms"] == []
+    assert len(rep["table"]) == 4  # 2 warm starts x 2 objectives, 1 seed
+    for row in rep["table"]:
+        assert 0.0 <= row["final_accuracy"]["mean"] <= 1.0
+        assert row["ratios"]["token_entropy"]["mean"] > 0
+    timings = json.loads((out / "timings.json").read_text())
+    assert not any(s.get("cached") for s in timings["stages"].values())
+
+    t1 = time.perf_counter()
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    second = time.perf_counter() - t1
+    timings = json.loads((out / "timings.json").read_text())
+    assert all(s["cached"] for n, s in timings["stages"].items() if n != "arms")
+    arms = [json.loads(p.read_text()) for p in (out / "arms").glob("*/arm.json")]
+    assert len(arms) == 4 and all(a["cached"] for a in arms)
+    assert second < first / 3, (first, second)
+    assert json.loads((out / "report.json").read_text())["table"] == rep["table"]

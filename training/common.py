@@ -1,0 +1,149 @@
+"""Pieces shared by SFT and RL: threads, model loading, LR schedule, envs, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from searchgym.retrieval.fileio import atomic_dir
+
+__all__ = ["set_threads", "load_model", "make_optimizer", "make_scheduler", "family_env_id", "make_envs",
+           "evaluate", "save_model", "TRAIN_INFO", "read_train_info"]
+
+#: File written next to a trained model: which world it was trained on, config, results.
+TRAIN_INFO = "searchgym_train.json"
+
+_FAMILY_ENV = {
+    "": "searchgym/Mixed-v0",
+    "mixed": "searchgym/Mixed-v0",
+    "single_hop": "searchgym/SingleHop-v0",
+    "multi_hop": "searchgym/MultiHop-v0",
+    "multihop": "searchgym/MultiHop-v0",
+    "comparison": "searchgym/Comparison-v0",
+    "multi_answer": "searchgym/MultiAnswer-v0",
+}
+
+
+def set_threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def load_model(path: str | Path):
+    """(model, tokenizer) from a HF folder, float32, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"not a model folder (no config.json): {p}")
+    tok = AutoTokenizer.from_pretrained(p)
+    model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
+    return model, tok
+
+
+def save_model(model, tokenizer, out: str | Path, info: dict[str, Any] | None = None) -> Path:
+    """Save a HF model folder atomically (config + safetensors + tokenizer + train info)."""
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if info is not None:
+            (tmp / TRAIN_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+    return out
+
+
+def read_train_info(model_dir: str | Path) -> dict[str, Any]:
+    f = Path(model_dir) / TRAIN_INFO
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{f}: not valid JSON ({exc.msg})") from None
+
+
+def make_optimizer(model, optim) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                             weight_decay=optim.weight_decay)
+
+
+def make_scheduler(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float):
+    """Linear warmup over ``warmup_steps`` then cosine from lr to ``min_lr_ratio * lr``."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def family_env_id(family: str) -> str:
+    if family.startswith("searchgym/"):
+        return family
+    try:
+        return _FAMILY_ENV[family]
+    except KeyError:
+        raise ValueError(f"unknown question family {family!r}; choose from {sorted(k for k in _FAMILY_ENV if k)}") \
+            from None
+
+
+def make_envs(family: str, n: int, split: str, world: str = "", max_turns: int = 4, **kw):
+    """``n`` envs of ``family`` on ``split`` sharing one retriever, and the question count."""
+    from searchgym.envs import make_batch
+
+    kwargs: dict[str, Any] = {"split": split, "max_turns": max_turns, **kw}
+    if world:
+        kwargs["world_dir"] = world
+    envs = make_batch(family_env_id(family), n, **kwargs)
+    num_questions = len(envs[0].unwrapped.questions)
+    if num_questions == 0:
+        raise ValueError(f"no {family or 'mixed'} questions in split {split!r} of world {world or '(default)'}")
+    return envs, num_questions
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    tokenizer,
+    *,
+    family: str,
+    split: str,
+    num_questions: int,
+    world: str = "",
+    max_turns: int = 4,
+    max_new_tokens: int = 48,
+    envs=None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Greedy rollouts on the first ``num_questions`` questions of ``split``: accuracy,
+    mean reward, format-error rate, searches per episode."""
+    from searchgym.agents.rollout import RolloutConfig, RolloutEngine
+
+    if envs is None:
+        envs, total = make_envs(family, min(num_questions, 64), split, world, max_turns)
+    else:
+        total = len(envs[0].unwrapped.questions)
+    q = list(range(min(num_questions, total)))
+    was_training = model.training
+    model.eval()
+    engine = RolloutEngine(model, tokenizer, RolloutConfig(
+        greedy=True, max_new_tokens=max_new_tokens, n=1, seed=seed, max_batch_size=len(envs)))
+    trajs = engine.rollout_questions(envs, q, n=1)
+    model.train(was_training)
+    n = max(1, len(trajs))
+    return {
+        "accuracy": sum(bool(t.correct) for t in trajs) / n,
+        "reward_mean": sum(t.reward for t in trajs) / n,
+        "format_error_rate": sum(t.format_errors > 0 for t in trajs) / n,
+        "searches_per_episode": sum(t.num_searches for t in trajs) / n,
+        "num_episodes": len(trajs),
+    }

@@ -1,0 +1,299 @@
+"""Typed configs of SFT and RL training, YAML loading and presets.
+
+Every config is a dataclass. ``dataclass_from_dict`` builds one from a plain mapping and
+rejects unknown keys and values of the wrong type with a ``ValueError`` that names the
+dotted key (``rl.optim.lr: expected float, got str 'fast'``). YAML files are loaded
+with ``yaml.safe_load`` and go through the same check.
+
+Presets (``smoke``, ``small``) size a run for CI and for the 2-core main experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "OptimConfig",
+    "SFTConfig",
+    "RLConfig",
+    "dataclass_from_dict",
+    "dataclass_to_dict",
+    "load_yaml_config",
+    "sft_preset",
+    "rl_preset",
+    "SFT_PRESETS",
+    "RL_PRESETS",
+]
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to ``min_lr_ratio * lr``."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+    def validate(self, prefix: str = "optim") -> None:
+        if not self.lr > 0:
+            raise ValueError(f"{prefix}.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"{prefix}.weight_decay must be >= 0, got {self.weight_decay}")
+        for k in ("beta1", "beta2"):
+            if not 0 <= getattr(self, k) < 1:
+                raise ValueError(f"{prefix}.{k} must be in [0, 1), got {getattr(self, k)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"{prefix}.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"{prefix}.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"{prefix}.grad_clip must be > 0, got {self.grad_clip}")
+
+
+@dataclass
+class SFTConfig:
+    """Supervised warm start on demonstration episodes (loss on policy tokens only)."""
+
+    model: str = ""  # HF model folder to start from (e.g. `searchgym model init`)
+    demos: str = ""  # demonstration JSONL (agents' demo format)
+    out: str = ""  # output folder (final model in out/model)
+    world: str = ""  # world folder for validation (default: the one the demos name)
+    epochs: int = 3
+    max_steps: int = 0  # > 0 caps the number of optimizer steps
+    batch_size: int = 16  # episodes per optimizer step
+    max_seq_len: int = 1024  # longer demos are dropped (counted in the log)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, weight_decay=0.01))
+    eval_every: int = 100  # steps between greedy validations (0: only at the end)
+    eval_questions: int = 64  # validation questions per evaluation
+    eval_family: str = "multi_hop"  # question family validated ('' = all)
+    val_split: str = "validation"
+    seed: int = 0
+    threads: int = 0  # torch threads (0 = leave torch's default)
+    time_budget_s: float = 0.0  # > 0 stops training early (evaluating at the end)
+
+    def validate(self) -> None:
+        for k in ("epochs", "batch_size", "max_seq_len", "eval_questions"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"sft.{k} must be >= 1, got {getattr(self, k)}")
+        for k in ("max_steps", "eval_every", "threads"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"sft.{k} must be >= 0, got {getattr(self, k)}")
+        self.optim.validate("sft.optim")
+
+
+@dataclass
+class RLConfig:
+    """Embedded RL: rollout -> rewards -> verl advantages -> PPO epochs x mini-batches."""
+
+    init: str = ""  # HF model folder (an SFT warm start)
+    out: str = ""  # run folder: metrics.jsonl, tensorboard/, checkpoints/, model/
+    world: str = ""  # world folder (default: the one recorded by the warm start)
+    objective: str = "grpo"
+    objective_overrides: dict = field(default_factory=dict)  # fields of the objective's config
+    adv_estimator: str = "grpo"  # verl get_adv_estimator_fn: grpo | rloo | reinforce_plus_plus
+    norm_adv_by_std_in_grpo: bool = True
+    gamma: float = 1.0  # reinforce_plus_plus discount
+    steps: int = 20
+    batch_questions: int = 8  # B questions per step
+    n_samples: int = 4  # rollouts per question (group size)
+    ppo_epochs: int = 2
+    num_minibatches: int = 2  # > 1 (or ppo_epochs > 1) makes updates off-policy (KL-Cov needs it)
+    temperature: float = 1.0
+    max_turns: int = 4
+    max_new_tokens: int = 48  # per turn
+    train_split: str = "train"
+    train_family: str = ""  # '' = all families
+    kl_coef: float = 0.0  # > 0 adds verl kl_penalty to a frozen reference
+    kl_type: str = "low_var_kl"
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, warmup_steps=0, min_lr_ratio=1.0))
+    eval_every: int = 0  # steps between validations (0: none during training)
+    eval_questions: int = 32
+    eval_family: str = "multi_hop"
+    val_split: str = "validation"
+    save_every: int = 5  # checkpoint every K steps (and at the end)
+    keep_last: int = 2
+    seed: int = 0
+    threads: int = 0
+    tensorboard: bool = True
+    hidden_states: bool = False  # collect final-norm hidden states for hooks even if the objective does not
+
+    def validate(self) -> None:
+        from searchgym.training.objectives import get_objective
+
+        get_objective(self.objective)
+        if self.adv_estimator not in ("grpo", "rloo", "reinforce_plus_plus", "grpo_vectorized", "rloo_vectorized"):
+            raise ValueError(
+                f"rl.adv_estimator must be one of grpo, rloo, reinforce_plus_plus, got {self.adv_estimator!r}"
+            )
+        for k in ("steps", "batch_questions", "n_samples", "ppo_epochs", "num_minibatches", "max_turns",
+                  "max_new_tokens", "eval_questions", "save_every", "keep_last"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"rl.{k} must be >= 1, got {getattr(self, k)}")
+        if self.adv_estimator.startswith(("grpo", "rloo")) and self.n_samples < 2:
+            raise ValueError(f"rl.n_samples must be >= 2 for {self.adv_estimator}, got {self.n_samples}")
+        if self.num_minibatches > self.batch_questions * self.n_samples:
+            raise ValueError(
+                f"rl.num_minibatches ({self.num_minibatches}) exceeds the batch size "
+                f"({self.batch_questions} x {self.n_samples})"
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"rl.temperature must be > 0, got {self.temperature}")
+        if self.kl_coef < 0:
+            raise ValueError(f"rl.kl_coef must be >= 0, got {self.kl_coef}")
+        if self.kl_type not in ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"):
+            raise ValueError(f"rl.kl_type must be a verl kl_penalty kind, got {self.kl_type!r}")
+        if self.eval_every < 0 or self.threads < 0:
+            raise ValueError("rl.eval_every and rl.threads must be >= 0")
+        self.optim.validate("rl.optim")
+
+
+# --------------------------------------------------------------------------- strict loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_value(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            if arm is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _check_value(arm, value, key)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dataclass_from_dict(tp, value, prefix=key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected bool, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected str, got {type(value).__name__} {value!r}")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is list or origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        args = typing.get_args(tp)
+        return [_check_value(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    return value
+
+
+def dataclass_from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data`` (missing keys keep their defaults).
+
+    Raises ValueError naming the dotted key for an unknown key or a wrongly typed value.
+    """
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ValueError(f"unknown config key {dotted!r}; known: {', '.join(fields)}")
+        kwargs[key] = _check_value(hints[key], value, dotted)
+    return cls(**kwargs)
+
+
+def dataclass_to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def load_yaml_config(cls: type[T], path: str | Path, prefix: str = "") -> T:
+    """Load a YAML file into ``cls`` (strict: unknown keys / wrong types raise ValueError)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return dataclass_from_dict(cls, data, prefix=prefix)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- presets
+
+SFT_PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"epochs": 2, "batch_size": 8, "eval_every": 0, "eval_questions": 8,
+              "optim": {"lr": 3e-3, "warmup_steps": 3, "weight_decay": 0.01}},
+    "small": {"epochs": 6, "batch_size": 16, "eval_every": 100, "eval_questions": 64,
+              "optim": {"lr": 2e-3, "warmup_steps": 20, "weight_decay": 0.01}},
+}
+
+RL_PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"steps": 6, "batch_questions": 4, "n_samples": 4, "ppo_epochs": 2, "num_minibatches": 2,
+              "eval_questions": 8, "save_every": 3, "max_new_tokens": 40},
+    "small": {"steps": 20, "batch_questions": 8, "n_samples": 4, "ppo_epochs": 2, "num_minibatches": 2,
+              "eval_questions": 32, "save_every": 5},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def sft_preset(name: str, **overrides: Any) -> SFTConfig:
+    """SFTConfig of preset ``name`` updated by ``overrides`` (strictly checked)."""
+    if name not in SFT_PRESETS:
+        raise ValueError(f"unknown SFT preset {name!r}; choose from {sorted(SFT_PRESETS)}")
+    return dataclass_from_dict(SFTConfig, _merge(SFT_PRESETS[name], overrides), prefix="sft")
+
+
+def rl_preset(name: str, **overrides: Any) -> RLConfig:
+    """RLConfig of preset ``name`` updated by ``overrides`` (strictly checked)."""
+    if name not in RL_PRESETS:
+        raise ValueError(f"unknown RL preset {name!r}; choose from {sorted(RL_PRESETS)}")
+    return dataclass_from_dict(RLConfig, _merge(RL_PRESETS[name], overrides), prefix="rl")

@@ -1,0 +1,290 @@
+"""Embedded RL trainer: one process, verl's core algorithms, searchgym's envs and engine.
+
+One step:
+
+1. rollout ``n_samples`` x ``batch_questions`` episodes with the batched engine
+   (sampling seeded by ``(seed, step)``, so a resumed run samples what the original did);
+2. rewards from the env; old log-probs / entropies (and final-norm hidden states when
+   needed) recomputed by one no-grad forward; reference log-probs when ``kl_coef > 0``;
+3. advantages from ``verl...get_adv_estimator_fn(adv_estimator)``, then the objective's
+   advantage transform;
+4. ``ppo_epochs`` x ``num_minibatches`` optimizer steps (``update.ppo_update``);
+5. one line appended to ``<out>/metrics.jsonl`` and TensorBoard scalars; hooks
+   ``(trajectories) -> dict`` add their fields to the line; checkpoint every
+   ``save_every`` steps.
+
+``train_rl(config)`` is the in-process API; ``searchgym train rl`` wraps it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from searchgym.retrieval.fileio import append_jsonl, atomic_write_json
+from searchgym.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
+from searchgym.training.common import (
+    evaluate, load_model, make_envs, make_optimizer, make_scheduler, read_train_info, save_model, set_threads,
+)
+from searchgym.training.config import RLConfig, dataclass_to_dict
+from searchgym.training.objectives import make_objective, masked_entropy_stats
+from searchgym.training.update import (
+    PaddedBatch, compute_advantages, forward_logprobs, pad_batch, policy_hidden_states, ppo_update,
+)
+
+__all__ = ["train_rl", "StepHook", "RLTrainer"]
+
+#: A per-step metrics hook: gets the step's trajectories (with ``hidden_states`` filled
+#: when ``RLConfig.hidden_states`` is on), returns extra scalar fields for metrics.jsonl.
+StepHook = Callable[[list], dict]
+
+
+def _scalar(v):
+    if isinstance(v, (bool, np.bool_)):
+        return float(v)
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return float(v)
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return float(v)
+    return None
+
+
+class RLTrainer:
+    """Holds the model, optimizer, envs and engine of one RL run (see ``train_rl``)."""
+
+    def __init__(self, config: RLConfig, hooks: Sequence[StepHook] = (), progress: bool = True):
+        config.validate()
+        if not config.init:
+            raise ValueError("rl.init: a model folder to start from is required")
+        if not config.out:
+            raise ValueError("rl.out: an output folder is required")
+        self.cfg = config
+        self.hooks = list(hooks)
+        self.progress = progress
+        self.out = Path(config.out)
+        set_threads(config.threads)
+        info = read_train_info(config.init)
+        self.world = config.world or info.get("world", "")
+        self.objective = make_objective(config.objective, config.objective_overrides)
+        self.model, self.tokenizer = load_model(config.init)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.ref_model = None
+        if config.kl_coef > 0:
+            self.ref_model, _ = load_model(config.init)
+            self.ref_model.eval().requires_grad_(False)
+        self.optimizer = make_optimizer(self.model, config.optim)
+        updates = config.steps * config.ppo_epochs * config.num_minibatches
+        self.scheduler = make_scheduler(self.optimizer, config.optim.warmup_steps, updates, config.optim.min_lr_ratio)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        n_eps = config.batch_questions * config.n_samples
+        self.envs, self.num_questions = make_envs(config.train_family, n_eps, config.train_split, self.world,
+                                                  config.max_turns)
+        self.val_envs = None
+        self.step = 0
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.writer = None
+
+    # ------------------------------------------------------------------ state
+    def _resume(self) -> bool:
+        ck = latest_checkpoint(self.out)
+        if ck is None:
+            return False
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(ck / "model", dtype=torch.float32)
+        self.optimizer = make_optimizer(self.model, self.cfg.optim)
+        updates = self.cfg.steps * self.cfg.ppo_epochs * self.cfg.num_minibatches
+        self.scheduler = make_scheduler(self.optimizer, self.cfg.optim.warmup_steps, updates,
+                                        self.cfg.optim.min_lr_ratio)
+        state = load_checkpoint(ck, self.optimizer, self.scheduler, self.generator)
+        self.objective.load_state_dict(state["extra"].get("objective", {}))
+        self.step = int(state["step"])
+        truncate_metrics(self.metrics_path, int(state["metrics_offset"]))
+        return True
+
+    def _checkpoint(self) -> None:
+        offset = self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
+        save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.optimizer, self.scheduler,
+                        extra={"objective": self.objective.state_dict()}, metrics_offset=offset,
+                        generator=self.generator, keep_last=self.cfg.keep_last)
+
+    def _log(self, rec: dict) -> None:
+        append_jsonl(self.metrics_path, rec)
+        if self.writer is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)) and not math.isnan(v):
+                    self.writer.add_scalar(k, v, rec["step"])
+            self.writer.flush()
+
+    # ------------------------------------------------------------------ phases
+    def rollout(self, step: int) -> list:
+        """Sample the step's episodes (deterministic in (seed, step) and the weights)."""
+        from searchgym.agents.rollout import RolloutConfig, RolloutEngine
+
+        c = self.cfg
+        rng = np.random.default_rng([c.seed, step])
+        qs = rng.choice(self.num_questions, size=c.batch_questions, replace=self.num_questions < c.batch_questions)
+        engine = RolloutEngine(self.model, self.tokenizer, RolloutConfig(
+            temperature=c.temperature, max_new_tokens=c.max_new_tokens, n=c.n_samples,
+            seed=(c.seed * 1_000_003 + step) % (2**31), max_batch_size=len(self.envs)))
+        self.model.eval()
+        with torch.no_grad():
+            trajs = engine.rollout_questions(self.envs, [int(q) for q in qs], n=c.n_samples)
+        return trajs
+
+    def make_batch(self, trajs) -> PaddedBatch:
+        ids = [list(t.prompt_ids) + list(t.response_ids) for t in trajs]
+        masks = [[0] * len(t.prompt_ids) + list(t.loss_mask) for t in trajs]
+        return pad_batch(ids, masks, self.pad_id)
+
+    def step_once(self) -> dict:
+        """Run one RL step and return its metrics line (not yet logged)."""
+        c = self.cfg
+        step = self.step + 1
+        t0 = time.perf_counter()
+        trajs = self.rollout(step)
+        t1 = time.perf_counter()
+
+        batch = self.make_batch(trajs)
+        need_hidden = self.objective.needs_hidden_states or c.hidden_states
+        with torch.no_grad():
+            self.model.eval()
+            old_lp, ent, hid = forward_logprobs(self.model, batch.input_ids, batch.attention_mask, c.temperature,
+                                                with_hidden=need_hidden)
+            batch.old_log_probs = old_lp
+            if self.ref_model is not None:
+                batch.ref_log_probs, _, _ = forward_logprobs(self.ref_model, batch.input_ids, batch.attention_mask,
+                                                             c.temperature, with_entropy=False)
+        hidden = policy_hidden_states(hid, batch.response_mask) if hid is not None else None
+        if hidden is not None and c.hidden_states:
+            for t, h in zip(trajs, hidden):
+                if t.hidden_states is None:
+                    t.hidden_states = h.float().numpy()
+        rewards = torch.tensor([float(t.reward) for t in trajs])
+        adv = compute_advantages(c.adv_estimator, rewards, batch.response_mask, [t.group_id for t in trajs],
+                                 c.norm_adv_by_std_in_grpo, c.gamma)
+        adv, shape_metrics = self.objective.shape_advantages(adv, batch.response_mask, hidden)
+        batch.advantages = adv
+        t2 = time.perf_counter()
+
+        upd = ppo_update(self.model, self.optimizer, self.objective, batch, ppo_epochs=c.ppo_epochs,
+                         num_minibatches=c.num_minibatches, grad_clip=c.optim.grad_clip, temperature=c.temperature,
+                         kl_coef=c.kl_coef, kl_type=c.kl_type, scheduler=self.scheduler, generator=self.generator)
+        t3 = time.perf_counter()
+
+        n = len(trajs)
+        sampled = torch.zeros_like(old_lp)
+        for i, t in enumerate(trajs):
+            lp = torch.tensor(t.logprobs, dtype=old_lp.dtype)
+            p0 = len(t.prompt_ids) - 1
+            sampled[i, p0:p0 + len(lp)] = lp
+        rm = batch.response_mask
+        rec = {
+            "step": step,
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if n > 1 else 0.0,
+            "accuracy": sum(bool(t.correct) for t in trajs) / n,
+            "format_error_rate": sum(t.format_errors > 0 for t in trajs) / n,
+            "searches_per_episode": sum(t.num_searches for t in trajs) / n,
+            "response_length": sum(t.num_policy_tokens for t in trajs) / n,
+            "episode_length": sum(len(t.response_ids) for t in trajs) / n,
+            **masked_entropy_stats(ent, rm),
+            "rollout_logprob_absdiff": float(((sampled - old_lp).abs() * rm).sum() / rm.sum().clamp_min(1)),
+            "adv_abs_mean": float((adv.abs() * rm).sum() / rm.sum().clamp_min(1)),
+            "clip_frac": upd.get("pg_clipfrac", 0.0),
+            "cov_selected_frac": upd.get("cov_selected_frac"),
+            "forking_selected_frac": upd.get("forking_selected_frac"),
+            "kl_ref": upd.get("kl_ref", 0.0),
+            "ppo_kl": upd.get("ppo_kl"),
+            "pg_loss": upd.get("pg_loss"),
+            "entropy_loss": upd.get("entropy_loss"),
+            "grad_norm": upd.get("grad_norm"),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            **shape_metrics,
+            "time_rollout_s": t1 - t0,
+            "time_old_logprob_s": t2 - t1,
+            "time_update_s": t3 - t2,
+        }
+        rec = {k: v for k, v in rec.items() if v is not None}
+        for hook in self.hooks:
+            extra = hook(trajs)
+            for k, v in (extra or {}).items():
+                s = _scalar(v)
+                if s is not None and k not in rec:
+                    rec[k] = s
+        rec["time_step_s"] = time.perf_counter() - t0
+        self.step = step
+        self.last_trajectories = trajs
+        return rec
+
+    def validate(self) -> dict[str, float]:
+        c = self.cfg
+        if self.val_envs is None:
+            self.val_envs, _ = make_envs(c.eval_family, min(c.eval_questions, 64), c.val_split, self.world,
+                                         c.max_turns)
+        r = evaluate(self.model, self.tokenizer, family=c.eval_family, split=c.val_split,
+                     num_questions=c.eval_questions, envs=self.val_envs, max_turns=c.max_turns,
+                     max_new_tokens=c.max_new_tokens, seed=c.seed)
+        return {f"val_{k}": v for k, v in r.items()}
+
+    # ------------------------------------------------------------------ run
+    def run(self, resume: bool = False) -> Path:
+        c = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self._resume() if resume else False
+        if not resumed:
+            if self.metrics_path.exists() or latest_checkpoint(self.out) is not None:
+                raise FileExistsError(f"{self.out} already holds a run; pass resume=True (--resume) or a new --out")
+            random.seed(c.seed)
+            np.random.seed(c.seed)
+            torch.manual_seed(c.seed)
+            atomic_write_json(self.out / "config.json", {"rl": dataclass_to_dict(c), "world": self.world})
+        if c.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1 if resumed else None)
+        if not resumed and c.eval_every > 0:
+            self._log({"step": 0, **self.validate()})
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=c.steps, initial=self.step, desc=f"rl {c.objective}", unit="step", dynamic_ncols=True)
+        try:
+            while self.step < c.steps:
+                rec = self.step_once()
+                if c.eval_every > 0 and (self.step % c.eval_every == 0 or self.step == c.steps):
+                    rec.update(self.validate())
+                self._log(rec)
+                if self.step % c.save_every == 0 or self.step == c.steps:
+                    self._checkpoint()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{rec['reward_mean']:.2f}", H=f"{rec.get('entropy_mean', 0):.2f}",
+                                    s=f"{rec['time_step_s']:.1f}")
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        info = {"world": self.world, "init": c.init, "objective": c.objective, "steps": self.step,
+                "rl": dataclass_to_dict(c)}
+        return save_model(self.model, self.tokenizer, self.out / "model", info)
+
+
+def train_rl(config: RLConfig, hooks: Sequence[StepHook] = (), resume: bool = False, progress: bool = True) -> Path:
+    """Run RL as configured; returns ``<out>/model`` (the final HF model folder).
+
+    ``hooks``: callables ``(trajectories) -> dict`` whose scalar fields are added to every
+    metrics line (e.g. hidden-state and diversity metrics from ``searchgym.metrics``).
+    ``resume``: continue from the latest checkpoint in ``config.out``.
+    """
+    return RLTrainer(config, hooks=hooks, progress=progress).run(resume=resume)

@@ -1,0 +1,170 @@
+"""Supervised warm start on demonstration episodes.
+
+Loss: token-mean negative log-likelihood over policy tokens only (prompt and
+``<information>`` observation tokens have loss mask 0, Search-R1's state masking), with
+log-probs from ``verl.utils.torch_functional.logprobs_from_logits``. AdamW, linear warmup
+then cosine decay, gradient clipping, length-bucketed batches (episodes sorted by length
+and cut into batches, batch order shuffled each epoch, so a batch carries little padding).
+Periodic greedy validation accuracy on the validation split with a progress bar.
+
+``train_sft(config) -> Path`` is the in-process API; ``searchgym train sft`` wraps it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from searchgym.retrieval.fileio import append_jsonl, read_jsonl
+from searchgym.training.common import (
+    evaluate, load_model, make_envs, make_optimizer, make_scheduler, save_model, set_threads,
+)
+from searchgym.training.config import SFTConfig, dataclass_to_dict
+from searchgym.training.update import forward_logprobs, pad_batch
+
+__all__ = ["train_sft", "load_demo_episodes", "length_buckets", "sft_loss"]
+
+
+def load_demo_episodes(path: str | Path, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(input ids, per-token loss mask) of every demo line, tokenised exactly as the
+    rollout engine lays out episodes (``searchgym.agents.episode.demo_tokens``)."""
+    from searchgym.agents.episode import tokenize_episode
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"demonstration file not found: {path}")
+    out = []
+    for i, rec in enumerate(read_jsonl(path)):
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("turns"), list):
+            raise ValueError(f"{path}:{i + 1}: a demo line needs 'prompt' (str) and 'turns' (list)")
+        try:
+            turns = [(t["action"], t.get("observation")) for t in rec["turns"]]
+        except (KeyError, TypeError, AttributeError):
+            raise ValueError(f"{path}:{i + 1}: each turn needs an 'action'") from None
+        ep = tokenize_episode(tokenizer, rec["prompt"], turns)
+        ids = list(ep.prompt_ids) + list(ep.response_ids)
+        mask = [0] * len(ep.prompt_ids) + list(ep.loss_mask)
+        out.append((ids, mask))
+    if not out:
+        raise ValueError(f"{path}: no demonstrations")
+    return out
+
+
+def length_buckets(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Indices grouped into batches of similar length (sorted, chunked), batch order shuffled."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def sft_loss(model, input_ids, attention_mask, response_mask) -> torch.Tensor:
+    """Token-mean NLL over policy tokens (label-aligned ``response_mask``)."""
+    logp, _, _ = forward_logprobs(model, input_ids, attention_mask, with_entropy=False)
+    return -(logp * response_mask).sum() / response_mask.sum().clamp_min(1.0)
+
+
+def train_sft(config: SFTConfig, progress: bool = True) -> Path:
+    """Fine-tune ``config.model`` on ``config.demos``; returns ``<out>/model``.
+
+    Writes ``<out>/sft_log.jsonl`` (train loss per step, validation results) and the model
+    with ``searchgym_train.json`` (world, config, final validation accuracy, wall time).
+    """
+    config.validate()
+    for key in ("model", "demos", "out"):
+        if not getattr(config, key):
+            raise ValueError(f"sft.{key} is required")
+    t_start = time.perf_counter()
+    set_threads(config.threads)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "sft_log.jsonl"
+    if log.exists():
+        log.unlink()
+
+    model, tok = load_model(config.model)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    episodes = load_demo_episodes(config.demos, tok)
+    kept = [e for e in episodes if len(e[0]) <= config.max_seq_len]
+    dropped = len(episodes) - len(kept)
+    if not kept:
+        raise ValueError(f"every demo is longer than sft.max_seq_len={config.max_seq_len}")
+    lengths = [len(e[0]) for e in kept]
+    steps_per_epoch = (len(kept) + config.batch_size - 1) // config.batch_size
+    total = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total = min(total, config.max_steps)
+
+    optimizer = make_optimizer(model, config.optim)
+    scheduler = make_scheduler(optimizer, config.optim.warmup_steps, total, config.optim.min_lr_ratio)
+    val_envs = None
+
+    def validate(step: int) -> dict:
+        nonlocal val_envs
+        if val_envs is None:
+            val_envs, _ = make_envs(config.eval_family, min(config.eval_questions, 64), config.val_split,
+                                    config.world)
+        r = evaluate(model, tok, family=config.eval_family, split=config.val_split,
+                     num_questions=config.eval_questions, envs=val_envs, seed=config.seed)
+        rec = {"step": step, "elapsed_s": time.perf_counter() - t_start, **{f"val_{k}": v for k, v in r.items()}}
+        append_jsonl(log, rec)
+        return rec
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="sft", unit="step", dynamic_ncols=True)
+    step, last_val = 0, None
+    model.train()
+    try:
+        while step < total:
+            for idx in length_buckets(lengths, config.batch_size, rng):
+                if step >= total:
+                    break
+                if config.time_budget_s and time.perf_counter() - t_start > config.time_budget_s:
+                    total = step
+                    break
+                b = pad_batch([kept[i][0] for i in idx], [kept[i][1] for i in idx], pad_id)
+                loss = sft_loss(model, b.input_ids, b.attention_mask, b.response_mask)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                append_jsonl(log, {"step": step, "loss": float(loss.detach()), "grad_norm": float(gn),
+                                   "lr": float(optimizer.param_groups[0]["lr"]),
+                                   "elapsed_s": time.perf_counter() - t_start})
+                if bar is not None:
+                    bar.update(1)
+                    post = {"loss": f"{float(loss):.3f}"}
+                    if last_val is not None:
+                        post["val_acc"] = f"{last_val['val_accuracy']:.2f}"
+                    bar.set_postfix(post)
+                if config.eval_every and step % config.eval_every == 0 and step < total:
+                    last_val = validate(step)
+                    model.train()
+    finally:
+        if bar is not None:
+            bar.close()
+    last_val = validate(step)
+    info = {
+        "world": config.world,
+        "base_model": config.model,
+        "demos": config.demos,
+        "steps": step,
+        "episodes": len(kept),
+        "episodes_dropped_too_long": dropped,
+        "val_accuracy": last_val["val_accuracy"],
+        "val_family": config.eval_family,
+        "wall_time_s": time.perf_counter() - t_start,
+        "sft": dataclass_to_dict(config),
+    }
+    return save_model(model, tok, out / "model", info)
