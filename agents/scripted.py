@@ -153,8 +153,12 @@ class ScriptedPolicy:
         # Every planned query was issued: ask about a given entity with the question's
         # wording (comparisons whose attribute sat in a passage that was not retrieved).
         stem = q.question.split(",")[0].rstrip("?")
+        lines = [ln for o in obs for ln in o.splitlines()]
         for role in ("a", "b", "subject"):
             for name in q.names.get(role, ()):
+                # Skip an entity whose retrieved passages already show a piece of evidence.
+                if any(e in ln for ln in lines if name in ln for e in q.evidence):
+                    continue
                 query = f"{name} {stem}" if name not in stem else stem
                 if query not in done:
                     return query
