@@ -545,6 +545,14 @@ class RolloutEngine:
             tok = scaled.argmax(dim=-1)
         else:
             probs = logp.exp()
+            u = torch.cat([torch.rand(1, generator=r.gen, dtype=torch.float64) for r in rows]).to(probs.dtype)
+            if not cfg.top_k and cfg.top_p >= 1.0:
+                # No truncation: inverse CDF over the unsorted vocabulary (no sort needed).
+                cdf = probs.cumsum(dim=-1)
+                j = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp_(max=probs.shape[1] - 1)
+                tok = j.squeeze(1)
+                lp = logp.gather(1, tok.unsqueeze(1)).squeeze(1)
+                return tok, lp, ent
             sp, si = probs.sort(dim=-1, descending=True)
             if cfg.top_k:
                 sp[:, cfg.top_k:] = 0.0
@@ -553,7 +561,6 @@ class RolloutEngine:
                 excl = sp.cumsum(dim=-1) - sp
                 sp = torch.where(excl < cfg.top_p, sp, torch.zeros_like(sp))
             cdf = sp.cumsum(dim=-1)
-            u = torch.cat([torch.rand(1, generator=r.gen, dtype=torch.float64) for r in rows]).to(cdf.dtype)
             j = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).clamp_(max=sp.shape[1] - 1)
             tok = si.gather(1, j).squeeze(1)
         lp = logp.gather(1, tok.unsqueeze(1)).squeeze(1)

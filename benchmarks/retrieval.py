@@ -53,11 +53,11 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, index_dir: Path, batching: bool):
+    def __init__(self, index_dir: Path, batching: bool, threads: int):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "searchgym", "serve", "--index", str(index_dir), "--port", str(self.port),
-               "--cache-size", "0", "--max-topk", "10"]
+               "--cache-size", "0", "--max-topk", "10", "--threads", str(threads)]
         if not batching:
             cmd.append("--no-batching")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -85,33 +85,68 @@ class ServerProcess:
             self.proc.kill()
 
 
-async def load_test(url: str, clients: int, queries: list[str], duration: float, warmup: float, k: int) -> dict:
-    """``clients`` workers, each in a loop sending one query per request."""
-    import httpx
+class RawHTTPConnection:
+    """A minimal keep-alive HTTP/1.1 client on asyncio streams. The load generator must
+    cost far less CPU than the server it measures (httpx's pool does not, at 64
+    connections on a small machine)."""
 
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def post_json(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    async def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def load_test(url: str, clients: int, queries: list[str], duration: float, warmup: float, k: int) -> dict:
+    """``clients`` concurrent connections, each in a loop sending one query per request."""
+    host, port = url.split("//")[1].split(":")
     latencies: list[float] = []
     next_q = 0
     t_start = time.perf_counter()
     t_measure, t_end = t_start + warmup, t_start + warmup + duration
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
 
-        async def worker():
-            nonlocal next_q
+    async def worker():
+        nonlocal next_q
+        conn = RawHTTPConnection(host, int(port))
+        try:
             while True:
                 q = queries[next_q % len(queries)]
                 next_q += 1
                 t0 = time.perf_counter()
                 if t0 >= t_end:
                     return
-                r = await client.post(url + "/retrieve", json={"queries": [q], "topk": k, "return_scores": True})
-                r.raise_for_status()
+                body = json.dumps({"queries": [q], "topk": k, "return_scores": True}).encode()
+                status, payload = await conn.post_json("/retrieve", body)
+                if status != 200:
+                    raise RuntimeError(f"HTTP {status}: {payload[:200]!r}")
                 t1 = time.perf_counter()
                 if t0 >= t_measure and t1 <= t_end:
                     latencies.append(t1 - t0)
+        finally:
+            await conn.close()
 
-        await asyncio.gather(*(worker() for _ in range(clients)))
+    await asyncio.gather(*(worker() for _ in range(clients)))
     lat = np.array(latencies) * 1000
+    if not len(lat):
+        raise RuntimeError(f"no request finished inside the {duration:g} s window; raise --duration")
     return {
         "clients": clients,
         "requests": len(lat),
@@ -159,9 +194,15 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=6.0, help="seconds measured per configuration")
     p.add_argument("--warmup", type=float, default=1.5, help="seconds of warm-up per configuration")
     p.add_argument("-k", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch/FAISS threads, server and in-process alike (default 1)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import faiss
+    import torch
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
 
     from searchgym.retrieval import build_index, sample_corpus_path
 
@@ -171,16 +212,17 @@ def main(argv=None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="searchgym-bench-")
         index_dir = build_index(sample_corpus_path(), Path(tmp.name) / "dense", progress=False)
     queries = make_queries(200_000, seed=0)
-    print(f"index {index_dir}; cpu cores {os.cpu_count()}; {args.duration:g} s per configuration; cache off; k={args.k}")
+    print(f"index {index_dir}; cpu cores {os.cpu_count()}; threads {args.threads}; {args.duration:g} s per configuration; "
+          f"cache off; k={args.k}; load average {os.getloadavg()[0]:.1f}")
 
     results: dict = {"server": {}}
     offset = 0
     for batching in (True, False):
         mode = "batched" if batching else "unbatched"
-        with ServerProcess(index_dir, batching) as srv:
+        with ServerProcess(index_dir, batching, args.threads) as srv:
             for clients in (16, 64):
                 qs = queries[offset:]  # fresh queries for every configuration
-                offset += 50_000
+                offset += 20_000
                 res = asyncio.run(load_test(srv.url, clients, qs, args.duration, args.warmup, args.k))
                 results["server"][f"{mode}_{clients}"] = res
                 print(f"  server {mode:9s} {clients:3d} clients: {res['qps']:8.1f} q/s  p50 {res['p50_ms']:7.1f} ms  "

@@ -15,7 +15,7 @@ from a small syllable inventory; the ``distractor_rate`` knob adds near-duplicat
 Question families (each question records its valid strategies, see :mod:`tasks`):
 ``single_hop`` (direct / direct_confirm / reverse), ``multi_hop`` 2- and 3-hop bridges
 (forward / combined / forward_confirm), ``comparison`` (a_first / b_first) and
-``multi_answer`` (forward / combined).
+``multi_answer`` (forward / forward_confirm).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from searchgym.envs.tasks import SPLITS, Question, Step, Strategy, read_questions
 from searchgym.retrieval.base import Document, read_corpus
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 class WorldError(ValueError):
@@ -444,7 +444,8 @@ def _multi_answer(ents, rng) -> list[dict]:
                           {"subject": [c], "bridge": [p.eid for p in bridges], "answer": answers}, ents,
                           [_S("forward", ("subject", f"{{subject}} is the hometown of the {prof}"),
                               ("bridge", f"{{bridge}} {key}")),
-                           _S("combined", ("bridge", f"{key} born in the city of {{subject}}"))]))
+                           _S("forward_confirm", ("subject", f"{{subject}} is the hometown of the {prof}"),
+                              ("bridge", f"{{bridge}} {key}"), ("answer", "{answer}"))]))
     return out
 
 

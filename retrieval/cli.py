@@ -51,6 +51,7 @@ def add_commands(subparsers) -> None:
     serve.add_argument("--max-query-chars", type=int, default=4096, help="longest query accepted (default 4096)")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
     serve.add_argument("--cache-size", type=int, default=10_000, help="query-embedding LRU cache entries, 0 disables (default 10000)")
+    serve.add_argument("--threads", type=int, default=None, help="torch/FAISS CPU threads (default: library default; 1 is best on a busy machine)")
     serve.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     serve.set_defaults(func=_serve)
 
@@ -92,6 +93,16 @@ def _query(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from searchgym.retrieval.server import ServerConfig, serve
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import faiss
+        import torch
+
+        # OpenMP threads spinning on an oversubscribed CPU slow encoding down many times.
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
 
     config = ServerConfig(
         default_topk=args.default_topk, max_topk=args.max_topk, max_queries=args.max_queries,

@@ -428,10 +428,13 @@ def _model_stage(preset):
 
 def _demos_stage(preset):
     def fn(out: Path, inputs: dict, scratch: Path) -> dict:
-        from searchgym.agents.demos import build_demo_sets
+        from searchgym.agents.demos import build_matched, summarize_pair, write_demos
 
-        return build_demo_sets(inputs["world"] / "world", out, episodes=preset.demos.episodes,
-                               split=preset.demos.split, seed=preset.demos.seed)
+        sets = build_matched(inputs["world"] / "world", preset.demos.episodes, split=preset.demos.split,
+                             seed=preset.demos.seed, index_kind=preset.index.kind)
+        for kind, recs in sets.items():
+            write_demos(recs, out / f"{kind}.jsonl")
+        return summarize_pair(sets)
     return fn
 
 

@@ -325,3 +325,45 @@ def test_client_retries_5xx_then_succeeds():
         calls["n"] = -10
         with pytest.raises(RetrievalRequestError, match="503"):
             RemoteRetriever(live.url, retries=1, backoff=0.01).search(["q"], 1)
+
+
+@pytest.mark.slow
+def test_cli_serve_binds_localhost_and_answers(index_dir):
+    """`searchgym serve` end to end in a subprocess: prints its bind address, serves, stops."""
+    import os
+    import subprocess
+    import sys
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = dict(os.environ, SEARCHGYM_TOKEN="tok", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "searchgym", "serve", "--index", str(index_dir), "--port", str(port), "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "micro-batching on" in line:
+                break
+        text = "".join(lines)
+        assert f"http://127.0.0.1:{port}" in text and "bound to 127.0.0.1 only" in text, text
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                assert httpx.get(url + "/health", timeout=2).json()["count"] == 203
+                break
+            except httpx.TransportError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert post_raw(url, b'{"queries": ["capital of Spain"]}').status_code == 401  # token from env
+        hits = RemoteRetriever(url, token="tok").search(["capital of Spain"], 1)
+        assert hits[0][0].title in ("Spain", "Madrid")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

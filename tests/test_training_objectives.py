@@ -150,25 +150,29 @@ def test_observation_and_prompt_tokens_get_zero_gradient(name):
     assert logp.grad[~off].abs().sum() > 0
 
 
-def test_sft_loss_masks_observations():
+def test_sft_loss_masks_observations_and_sparse_head_matches_full():
     from searchgym.training.sft import sft_loss
 
     model = tiny_model(2)
     b, _, _ = tiny_batch(2)
-    captured = {}
-    orig = model.forward
-
-    def fwd(*a, **k):
-        out = orig(*a, **k)
-        out.logits.retain_grad()
-        captured["logits"] = out.logits
-        return out
-
-    model.forward = fwd
-    sft_loss(model, b.input_ids, b.attention_mask, b.response_mask).backward()
-    grad = captured["logits"].grad[:, :-1]
-    assert torch.all(grad[b.response_mask == 0] == 0)
-    assert grad[b.response_mask > 0].abs().sum() > 0
+    logp, ent, _ = forward_logprobs(model, b.input_ids, b.attention_mask)
+    logp.retain_grad()
+    full = -(logp * b.response_mask).sum() / b.response_mask.sum()
+    full.backward()
+    assert torch.all(logp.grad[b.response_mask == 0] == 0)
+    assert torch.all(logp.grad[b.response_mask > 0] != 0)
+    g_full = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    sparse = sft_loss(model, b.input_ids, b.attention_mask, b.response_mask)
+    sparse.backward()
+    assert torch.allclose(sparse, full, atol=1e-6)
+    for g1, p in zip(g_full, model.parameters()):
+        assert torch.allclose(g1, p.grad, atol=1e-6)
+    with torch.no_grad():
+        lp2, ent2, _ = forward_logprobs(model, b.input_ids, b.attention_mask, positions=b.response_mask)
+    m = b.response_mask > 0
+    assert torch.allclose(lp2[m], logp.detach()[m], atol=1e-5) and torch.allclose(ent2[m], ent[m], atol=1e-5)
+    assert torch.all(lp2[~m] == 0)
 
 
 def test_forking_tokens_zeroes_gradient_on_low_entropy_tokens():

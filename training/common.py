@@ -96,13 +96,15 @@ def family_env_id(family: str) -> str:
             from None
 
 
-def make_envs(family: str, n: int, split: str, world: str = "", max_turns: int = 4, **kw):
+def make_envs(family: str, n: int, split: str, world: str = "", max_turns: int = 4, retriever: str = "", **kw):
     """``n`` envs of ``family`` on ``split`` sharing one retriever, and the question count."""
     from searchgym.envs import make_batch
 
     kwargs: dict[str, Any] = {"split": split, "max_turns": max_turns, **kw}
     if world:
         kwargs["world_dir"] = world
+    if retriever:
+        kwargs["retriever"] = retriever
     envs = make_batch(family_env_id(family), n, **kwargs)
     num_questions = len(envs[0].unwrapped.questions)
     if num_questions == 0:
@@ -123,13 +125,14 @@ def evaluate(
     max_new_tokens: int = 48,
     envs=None,
     seed: int = 0,
+    retriever: str = "",
 ) -> dict[str, float]:
     """Greedy rollouts on the first ``num_questions`` questions of ``split``: accuracy,
     mean reward, format-error rate, searches per episode."""
     from searchgym.agents.rollout import RolloutConfig, RolloutEngine
 
     if envs is None:
-        envs, total = make_envs(family, min(num_questions, 64), split, world, max_turns)
+        envs, total = make_envs(family, min(num_questions, 64), split, world, max_turns, retriever)
     else:
         total = len(envs[0].unwrapped.questions)
     q = list(range(min(num_questions, total)))

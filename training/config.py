@@ -72,7 +72,8 @@ class SFTConfig:
     model: str = ""  # HF model folder to start from (e.g. `searchgym model init`)
     demos: str = ""  # demonstration JSONL (agents' demo format)
     out: str = ""  # output folder (final model in out/model)
-    world: str = ""  # world folder for validation (default: the one the demos name)
+    world: str = ""  # world folder for validation ('' = the envs' default world)
+    retriever: str = ""  # 'dense' | 'bm25' ('' = the env's default)
     epochs: int = 3
     max_steps: int = 0  # > 0 caps the number of optimizer steps
     batch_size: int = 16  # episodes per optimizer step
@@ -103,6 +104,8 @@ class RLConfig:
     init: str = ""  # HF model folder (an SFT warm start)
     out: str = ""  # run folder: metrics.jsonl, tensorboard/, checkpoints/, model/
     world: str = ""  # world folder (default: the one recorded by the warm start)
+    retriever: str = ""  # 'dense' | 'bm25' ('' = the env's default)
+    env_kwargs: dict = field(default_factory=dict)  # EnvConfig fields, e.g. {format_penalty: 0.1}
     objective: str = "grpo"
     objective_overrides: dict = field(default_factory=dict)  # fields of the objective's config
     adv_estimator: str = "grpo"  # verl get_adv_estimator_fn: grpo | rloo | reinforce_plus_plus

@@ -73,6 +73,7 @@ class RLTrainer:
         set_threads(config.threads)
         info = read_train_info(config.init)
         self.world = config.world or info.get("world", "")
+        self.retriever = config.retriever or info.get("retriever", "")
         self.objective = make_objective(config.objective, config.objective_overrides)
         self.model, self.tokenizer = load_model(config.init)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -86,7 +87,7 @@ class RLTrainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         n_eps = config.batch_questions * config.n_samples
         self.envs, self.num_questions = make_envs(config.train_family, n_eps, config.train_split, self.world,
-                                                  config.max_turns)
+                                                  config.max_turns, self.retriever, **config.env_kwargs)
         self.val_envs = None
         self.step = 0
         self.metrics_path = self.out / "metrics.jsonl"
@@ -158,11 +159,12 @@ class RLTrainer:
         with torch.no_grad():
             self.model.eval()
             old_lp, ent, hid = forward_logprobs(self.model, batch.input_ids, batch.attention_mask, c.temperature,
-                                                with_hidden=need_hidden)
+                                                with_hidden=need_hidden, positions=batch.response_mask)
             batch.old_log_probs = old_lp
             if self.ref_model is not None:
                 batch.ref_log_probs, _, _ = forward_logprobs(self.ref_model, batch.input_ids, batch.attention_mask,
-                                                             c.temperature, with_entropy=False)
+                                                             c.temperature, with_entropy=False,
+                                                             positions=batch.response_mask)
         hidden = policy_hidden_states(hid, batch.response_mask) if hid is not None else None
         if hidden is not None and c.hidden_states:
             for t, h in zip(trajs, hidden):
@@ -229,7 +231,7 @@ class RLTrainer:
         c = self.cfg
         if self.val_envs is None:
             self.val_envs, _ = make_envs(c.eval_family, min(c.eval_questions, 64), c.val_split, self.world,
-                                         c.max_turns)
+                                         c.max_turns, self.retriever, **c.env_kwargs)
         r = evaluate(self.model, self.tokenizer, family=c.eval_family, split=c.val_split,
                      num_questions=c.eval_questions, envs=self.val_envs, max_turns=c.max_turns,
                      max_new_tokens=c.max_new_tokens, seed=c.seed)
@@ -275,7 +277,7 @@ class RLTrainer:
                 bar.close()
             if self.writer is not None:
                 self.writer.close()
-        info = {"world": self.world, "init": c.init, "objective": c.objective, "steps": self.step,
+        info = {"world": self.world, "retriever": self.retriever, "init": c.init, "objective": c.objective, "steps": self.step,
                 "rl": dataclass_to_dict(c)}
         return save_model(self.model, self.tokenizer, self.out / "model", info)
 

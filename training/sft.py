@@ -63,7 +63,7 @@ def length_buckets(lengths: list[int], batch_size: int, rng: random.Random) -> l
 
 def sft_loss(model, input_ids, attention_mask, response_mask) -> torch.Tensor:
     """Token-mean NLL over policy tokens (label-aligned ``response_mask``)."""
-    logp, _, _ = forward_logprobs(model, input_ids, attention_mask, with_entropy=False)
+    logp, _, _ = forward_logprobs(model, input_ids, attention_mask, with_entropy=False, positions=response_mask)
     return -(logp * response_mask).sum() / response_mask.sum().clamp_min(1.0)
 
 
@@ -109,7 +109,7 @@ def train_sft(config: SFTConfig, progress: bool = True) -> Path:
         nonlocal val_envs
         if val_envs is None:
             val_envs, _ = make_envs(config.eval_family, min(config.eval_questions, 64), config.val_split,
-                                    config.world)
+                                    config.world, retriever=config.retriever)
         r = evaluate(model, tok, family=config.eval_family, split=config.val_split,
                      num_questions=config.eval_questions, envs=val_envs, seed=config.seed)
         rec = {"step": step, "elapsed_s": time.perf_counter() - t_start, **{f"val_{k}": v for k, v in r.items()}}
@@ -157,6 +157,7 @@ def train_sft(config: SFTConfig, progress: bool = True) -> Path:
     last_val = validate(step)
     info = {
         "world": config.world,
+        "retriever": config.retriever,
         "base_model": config.model,
         "demos": config.demos,
         "steps": step,

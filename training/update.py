@@ -89,19 +89,41 @@ def forward_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = True,
     with_hidden: bool = False,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Label-aligned log-probs (B, L-1), entropy (B, L-1) and final-norm hidden states
     (B, L-1, d) of ``model`` on right-padded ``input_ids`` (logits divided by temperature,
-    as the sampler did)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=with_hidden)
-    logits = out.logits[:, :-1, :].float()
+    as the sampler did).
+
+    ``positions`` (B, L-1), optional: compute the LM head only where it is > 0 (the policy
+    tokens); the other entries of log-prob/entropy are 0. The vocabulary projection is a
+    large share of a tiny model's compute and most tokens are prompt/observation.
+    """
+    if positions is None:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                    output_hidden_states=with_hidden)
+        logits = out.logits[:, :-1, :].float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        logp = verl_F.logprobs_from_logits(logits, input_ids[:, 1:])
+        ent = verl_F.entropy_from_logits(logits) if with_entropy else None
+        # HF decoders return the post-final-norm state as the last hidden_states entry.
+        hid = out.hidden_states[-1][:, :-1, :] if with_hidden else None
+        return logp, ent, hid
+    # Decoder once, LM head on the selected positions only.
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hid = hidden[:, :-1, :]
+    sel = positions > 0
+    logits = model.get_output_embeddings()(hid[sel]).float()
     if temperature != 1.0:
         logits = logits / temperature
-    logp = verl_F.logprobs_from_logits(logits, input_ids[:, 1:])
-    ent = verl_F.entropy_from_logits(logits) if with_entropy else None
-    # HF decoders return the post-final-norm state as the last hidden_states entry.
-    hid = out.hidden_states[-1][:, :-1, :] if with_hidden else None
-    return logp, ent, hid
+    labels = input_ids[:, 1:][sel]
+    logp = torch.zeros(sel.shape, dtype=logits.dtype)
+    logp = logp.masked_scatter(sel, verl_F.logprobs_from_logits(logits, labels))
+    ent = None
+    if with_entropy:
+        ent = torch.zeros(sel.shape, dtype=logits.dtype).masked_scatter(sel, verl_F.entropy_from_logits(logits))
+    return logp, ent, (hid if with_hidden else None)
 
 
 def policy_hidden_states(hidden: torch.Tensor, response_mask: torch.Tensor) -> list[torch.Tensor]:
@@ -177,7 +199,8 @@ def ppo_update(
     for _ in range(ppo_epochs):
         for idx in _minibatches(len(batch), num_minibatches, generator):
             mb = batch.select(idx)
-            logp, ent, _ = forward_logprobs(model, mb.input_ids, mb.attention_mask, temperature)
+            logp, ent, _ = forward_logprobs(model, mb.input_ids, mb.attention_mask, temperature,
+                                          positions=mb.response_mask)
             out = objective.compute_loss(mb.old_log_probs, logp, mb.advantages, mb.response_mask, ent)
             loss = out.loss
             if kl_coef > 0:
