@@ -7,7 +7,8 @@
 3. Query-cache hit vs miss latency (in-process, one query per call).
 
 The query cache is off for 1-2 and every query is distinct, so every query is encoded.
-Servers run as separate processes (``searchgym serve``), one at a time, on 127.0.0.1.
+Both servers run as separate processes (``searchgym serve``) on 127.0.0.1; the
+configurations are interleaved in short rounds so drifting machine load hits them alike.
 
     python benchmarks/retrieval.py [--index DIR] [--duration 6] [--json out.json]
 """
@@ -144,30 +145,32 @@ async def load_test(url: str, clients: int, queries: list[str], duration: float,
             await conn.close()
 
     await asyncio.gather(*(worker() for _ in range(clients)))
+    return latencies
+
+
+def summarize(clients: int, latencies: list[float], duration: float) -> dict:
     lat = np.array(latencies) * 1000
     if not len(lat):
-        raise RuntimeError(f"no request finished inside the {duration:g} s window; raise --duration")
+        raise RuntimeError(f"no request finished inside {duration:g} s; raise --duration")
     return {
         "clients": clients,
         "requests": len(lat),
+        "seconds": duration,
         "qps": len(lat) / duration,
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
     }
 
 
-def in_process(index_dir: Path, batch: int, queries: list[str], duration: float, k: int) -> dict:
-    from searchgym.retrieval import load_retriever
-
-    r = load_retriever(index_dir, shared=False, cache_size=0)
-    r.search(queries[:batch], k)  # warm up
-    n, i = 0, batch
+def in_process(retriever, batch: int, queries: list[str], duration: float, k: int) -> tuple[int, float]:
+    """Queries answered and seconds spent by ``retriever.search`` on batches of ``batch``."""
+    n, i = 0, 0
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < duration:
-        r.search(queries[i : i + batch], k)
+        retriever.search(queries[i : i + batch], k)
         i += batch
         n += batch
-    return {"batch": batch, "qps": n / (time.perf_counter() - t0)}
+    return n, time.perf_counter() - t0
 
 
 def cache_latency(index_dir: Path, queries: list[str], k: int, n: int = 100) -> dict:
@@ -191,7 +194,8 @@ def cache_latency(index_dir: Path, queries: list[str], k: int, n: int = 100) -> 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--index", type=Path, default=None, help="dense index folder (default: build one over the sample corpus)")
-    p.add_argument("--duration", type=float, default=6.0, help="seconds measured per configuration")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds measured per configuration (over all rounds)")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds the duration is split into")
     p.add_argument("--warmup", type=float, default=1.5, help="seconds of warm-up per configuration")
     p.add_argument("-k", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch/FAISS threads, server and in-process alike (default 1)")
@@ -211,25 +215,42 @@ def main(argv=None) -> int:
     if index_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="searchgym-bench-")
         index_dir = build_index(sample_corpus_path(), Path(tmp.name) / "dense", progress=False)
-    queries = make_queries(200_000, seed=0)
+    queries = make_queries(300_000, seed=0)
     print(f"index {index_dir}; cpu cores {os.cpu_count()}; threads {args.threads}; {args.duration:g} s per configuration; "
           f"cache off; k={args.k}; load average {os.getloadavg()[0]:.1f}")
 
-    results: dict = {"server": {}}
-    offset = 0
-    for batching in (True, False):
+    # Both servers stay up; configurations are interleaved in short rounds so that drifting
+    # load from other processes hits every configuration alike.
+    from searchgym.retrieval import load_retriever
+
+    local = load_retriever(index_dir, shared=False, cache_size=0)
+    local.search(queries[:64], args.k)  # warm up
+    configs = [(b, c) for c in (16, 64) for b in (True, False)]
+    lat: dict = {cfg: [] for cfg in configs}
+    local_n, local_s = 0, 0.0
+    slot = args.duration / args.rounds
+    offset = 64
+    with ServerProcess(index_dir, True, args.threads) as batched, ServerProcess(index_dir, False, args.threads) as unbatched:
+        for rnd in range(args.rounds):
+            for batching, clients in configs:
+                srv = batched if batching else unbatched
+                qs = queries[offset : offset + 5000]  # fresh queries: nothing is cached or deduplicated
+                offset += 5000
+                warm = args.warmup if rnd == 0 else 0.3
+                lat[(batching, clients)] += asyncio.run(load_test(srv.url, clients, qs, slot, warm, args.k))
+            n, sec = in_process(local, 64, queries[offset : offset + 5000], slot, args.k)
+            offset += 5000
+            local_n, local_s = local_n + n, local_s + sec
+    results: dict = {"server": {}, "rounds": args.rounds}
+    for (batching, clients), values in lat.items():
         mode = "batched" if batching else "unbatched"
-        with ServerProcess(index_dir, batching, args.threads) as srv:
-            for clients in (16, 64):
-                qs = queries[offset:]  # fresh queries for every configuration
-                offset += 20_000
-                res = asyncio.run(load_test(srv.url, clients, qs, args.duration, args.warmup, args.k))
-                results["server"][f"{mode}_{clients}"] = res
-                print(f"  server {mode:9s} {clients:3d} clients: {res['qps']:8.1f} q/s  p50 {res['p50_ms']:7.1f} ms  "
-                      f"p99 {res['p99_ms']:7.1f} ms  ({res['requests']} requests)")
-    results["in_process"] = in_process(index_dir, 64, queries[offset : offset + 40_000], args.duration, args.k)
+        res = results["server"][f"{mode}_{clients}"] = summarize(clients, values, args.duration)
+        print(f"  server {mode:9s} {clients:3d} clients: {res['qps']:8.1f} q/s  p50 {res['p50_ms']:7.1f} ms  "
+              f"p99 {res['p99_ms']:7.1f} ms  ({res['requests']} requests)")
+    results["in_process"] = {"batch": 64, "queries": local_n, "seconds": local_s, "qps": local_n / local_s}
     print(f"  in-process DenseRetriever.search, batches of 64: {results['in_process']['qps']:8.1f} q/s")
-    results["cache"] = cache_latency(index_dir, queries[offset + 40_000 :], args.k)
+    offset += 5000
+    results["cache"] = cache_latency(index_dir, queries[offset:], args.k)
     print(f"  cache: miss p50 {results['cache']['miss_p50_ms']:.2f} ms, hit p50 {results['cache']['hit_p50_ms']:.3f} ms")
 
     s = results["server"]

@@ -367,3 +367,23 @@ def test_cli_serve_binds_localhost_and_answers(index_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_batcher_respects_max_batch_and_mixed_topk(index_dir, reference):
+    app = create_app(load_retriever(index_dir), ServerConfig(max_batch=4, batch_wait_ms=20))
+    queries = [f"{QUERIES[i % 10]} #{i}" for i in range(24)]
+    ks = [1 + i % 3 for i in range(24)]  # mixed topk inside one coalesced batch
+
+    async def run(url):
+        async with RemoteRetriever(url) as remote:
+            return await asyncio.gather(*(remote.asearch([q], k) for q, k in zip(queries, ks)))
+
+    with LiveServer(app) as live:
+        results = asyncio.run(run(live.url))
+        stats = httpx.get(live.url + "/health").json()["batcher"]
+    for q, k, res in zip(queries, ks, results):
+        assert len(res[0]) == k
+        same_hits(res, reference.search([q], k))
+    assert stats["requests"] == 24 and stats["queries"] == 24
+    assert stats["batches"] >= 6  # at most 4 queries per coalesced call
+    assert stats["mean_batch_queries"] > 1  # ...and they were coalesced
