@@ -104,54 +104,100 @@ class OracleResult:
     matched: bool  # the signature maps back to this strategy
 
 
-def run_oracle(env, index: int, strategy_name: str) -> OracleResult:
-    """Execute one strategy literally through ``env`` on question ``index``."""
+def _next_action(question: Question, strategy: Strategy, observations: Sequence[str], n_queries: int) -> tuple[str, str]:
+    """The oracle's next move: ``("search", query)`` or ``("answer", text)``.
+
+    Steps run in order; when a step cannot be taken honestly (its name not seen yet) or
+    every step was taken, the oracle answers (``"unknown"`` unless every step ran and a
+    gold answer with its evidence is visible).
+    """
+    if n_queries < len(strategy.steps):
+        query = oracle_query(question, strategy, n_queries, observations)
+        if query is not None:
+            return "search", query
+        return "answer", "unknown"
+    ans = oracle_answer(question, observations)
+    return "answer", ans if ans is not None else "unknown"
+
+
+def run_oracle_batch(env, jobs: Sequence[tuple[int, str]], batch_size: int = 256) -> list[OracleResult]:
+    """Execute many ``(question_index, strategy_name)`` jobs literally, ``batch_size`` at a time.
+
+    Each round steps every unfinished job through :func:`~searchgym.envs.env.step_batch`, so
+    a round costs one retriever call. Jobs run on fresh envs sharing ``env``'s questions,
+    retriever and config (the results equal :func:`run_oracle` one by one).
+    """
+    from searchgym.envs.env import SearchEnv, step_batch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     base = env.unwrapped
-    _, _ = base.reset(options={"index": index})
-    q = base.question
-    strat = q.strategy(strategy_name)
-    obs: list[str] = []
-    queries: list[str] = []
-    info: dict = {}
-    done = False
-    for i in range(len(strat.steps)):
-        query = oracle_query(q, strat, i, obs)
-        if query is None:
-            break
-        queries.append(query)
-        o, _, term, trunc, info = base.step(f"<search> {query} </search>")
-        obs.append(o)
-        if term or trunc:
-            done = True
-            break
-    if not done:
-        ans = oracle_answer(q, obs) if len(queries) == len(strat.steps) else None
-        _, _, _, _, info = base.step(f"<answer> {ans if ans is not None else 'unknown'} </answer>")
-    sig = info.get("signature", "")
-    return OracleResult(q.qid, q.family, strat.name, tuple(queries), bool(info.get("correct")), sig,
-                        info.get("strategy") == strat.name)
+    out: list[OracleResult] = []
+    for start in range(0, len(jobs), batch_size):
+        chunk = list(jobs[start:start + batch_size])
+        envs = [SearchEnv(base.questions, base.retriever, base.config, split=base.split) for _ in chunk]
+        strats, obs, queries = [], [[] for _ in chunk], [[] for _ in chunk]
+        for e, (idx, name) in zip(envs, chunk):
+            e.reset(options={"index": idx})
+            strats.append(e.question.strategy(name))
+        final: list[dict | None] = [None] * len(chunk)
+        active = list(range(len(chunk)))
+        while active:
+            acts = []
+            for j in active:
+                kind, text = _next_action(envs[j].question, strats[j], obs[j], len(queries[j]))
+                if kind == "search":
+                    queries[j].append(text)
+                acts.append(f"<{kind}> {text} </{kind}>")
+            results = step_batch([envs[j] for j in active], acts)
+            still = []
+            for j, (o, _, term, trunc, info) in zip(active, results):
+                obs[j].append(o)
+                if term or trunc:
+                    final[j] = info
+                else:
+                    still.append(j)
+            active = still
+        for j, (e, s) in enumerate(zip(envs, strats)):
+            info = final[j]
+            out.append(OracleResult(e.question.qid, e.question.family, s.name, tuple(queries[j]),
+                                    bool(info.get("correct")), info.get("signature", ""),
+                                    info.get("strategy") == s.name))
+    return out
 
 
-def oracle_table(env, limit_per_family: int | None = None) -> dict[str, dict[str, dict[str, float]]]:
+def run_oracle(env, index: int, strategy_name: str) -> OracleResult:
+    """Execute one strategy literally through ``env``'s retriever on question ``index``."""
+    return run_oracle_batch(env, [(index, strategy_name)])[0]
+
+
+def oracle_table(env, limit_per_family: int | None = None, batch_size: int = 256,
+                 results: list | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """Per family x strategy: ``{"n", "correct", "matched", "both"}`` rates over the env's questions.
 
-    The env's ``max_turns`` must exceed the longest strategy. ``limit_per_family`` caps
-    the questions per family (the first ones in the env's order).
+    The env's ``max_turns`` must exceed the longest strategy (else the run is truncated
+    and counts as not correct). ``limit_per_family`` caps the questions per family (the
+    first ones in the env's order). Runs batched (:func:`run_oracle_batch`); pass a list as
+    ``results`` to receive every :class:`OracleResult`.
     """
     base = env.unwrapped
     counts: dict[str, int] = {}
-    acc: dict[str, dict[str, list[int]]] = {}
+    jobs: list[tuple[int, str]] = []
     for idx, q in enumerate(base.questions):
         if limit_per_family is not None and counts.get(q.family, 0) >= limit_per_family:
             continue
         counts[q.family] = counts.get(q.family, 0) + 1
-        for s in q.strategies:
-            r = run_oracle(base, idx, s.name)
-            a = acc.setdefault(q.family, {}).setdefault(s.name, [0, 0, 0, 0])
-            a[0] += 1
-            a[1] += r.correct
-            a[2] += r.matched
-            a[3] += r.correct and r.matched
+        jobs += [(idx, s.name) for s in q.strategies]
+    acc: dict[str, dict[str, list[int]]] = {}
+    runs = run_oracle_batch(base, jobs, batch_size)
+    if results is not None:
+        results.extend(runs)
+    for r in runs:
+        a = acc.setdefault(r.family, {}).setdefault(r.strategy, [0, 0, 0, 0])
+        a[0] += 1
+        a[1] += r.correct
+        a[2] += r.matched
+        a[3] += r.correct and r.matched
     return {fam: {s: {"n": v[0], "correct": v[1] / v[0], "matched": v[2] / v[0], "both": v[3] / v[0]}
                   for s, v in strats.items()} for fam, strats in acc.items()}
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from searchgym.envs.tasks import SPLITS, Question, Step, Strategy, read_questions
 from searchgym.retrieval.base import Document, read_corpus
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 class WorldError(ValueError):
@@ -223,29 +223,51 @@ def _profession(p: Entity) -> str:
 
 
 # --- documents ---------------------------------------------------------------------
-# Each template states one fact. The first template of each reverse fact is the phrase the
-# strategies' "reverse"/"combined" queries use; the others add paraphrase variety.
+# Two kinds of passage, both short and one line:
+#
+# * the *intro* of an entity (doc "<id>-0", titled with its name) states its own facts in
+#   one sentence that uses the name once ("Pakor Mogu is a painter, born in Tavil in 1950.");
+# * a *fact passage* of an object o for each relation fact (s, rel, o) (doc "<o id>-<k>"),
+#   titled with the relation's key phrase and the subject ("Founder of Lubul Foods") and
+#   stating the fact from o's side plus the context fact the next hop needs ("Pakor Mogu,
+#   born in Tavil in 1950, is the founder of Lubul Foods.").
+#
+# A query that names only an entity ("Lubul Foods") lands on its intro (title match); a
+# query made of a key phrase and the subject ("founder of Lubul Foods", the reverse and
+# combined strategies) lands on the object's fact passage, whose title it repeats. Dense
+# encoders weigh invented names heavily, so that title match is what separates the two; the
+# intros never use a key phrase (they say "made by", "set up by", "based in").
+
+KEY = {  # relation of the subject -> key phrase of the object's fact passage
+    "born_in": "hometown of",
+    "located_in": "country of",
+    "directed_by": "director of",
+    "founded_by": "founder of",
+    "headquartered_in": "headquarters of",
+}
 
 T = {
-    "person": ["{s} is a {prof}."],
-    "born_in": ["{s} was born in the city of {o}.", "{s} is a native of the city of {o}."],
-    "birth_year": ["{s} was born in {v}.", "{s} was born in the year {v}."],
-    "city": ["{s} is a city in the country of {o}.", "{s} is a city located in the country of {o}."],
-    "city_pop": ["{s} has a population of {v} thousand.", "About {v} thousand people live in {s}."],
-    "country": ["{s} is a country with {v} million people."],
-    "film": ["{s} is a film directed by {o}.", "{s} is a film made by director {o}."],
-    "release_year": ["{s} was released in {v}.", "{s} came out in the year {v}."],
-    "company": ["{s} is a company founded by {o}.", "{s} is a company started by {o}."],
-    "founded_year": ["{s} was founded in {v}.", "{s} was established in the year {v}."],
-    "hq": ["{s} is headquartered in {o}.", "{s} has its headquarters in {o}."],
-    # reverse passages, titled with the object o; s is the subject of the fact. Each uses a
-    # key phrase ("hometown of", "filmmaker behind", ...) that no subject-side passage uses,
-    # so a query with that phrase surfaces the object's passage (reverse / combined).
-    "r_born_in": ["{o} is the hometown of the {prof} {s}.", "The hometown of the {prof} {s} is {o}."],
-    "r_located_in": ["{o} is the nation containing {s}.", "The nation containing {s} is {o}."],
-    "r_directed": ["{o} is the filmmaker behind {s}.", "The filmmaker behind {s} is {o}."],
-    "r_founded": ["{o} is the entrepreneur who started {s}.", "The entrepreneur who started {s} is {o}."],
-    "r_hq": ["{o} hosts the head office of {s}.", "The head office of {s} is hosted by {o}."],
+    # intros: s is the entity
+    "country": ["{s} is a country with a population of {v} million.",
+                "{s} is a country of {v} million people."],
+    "city": ["{s} is a city in {o}, with a population of {v} thousand.",
+             "{s}, a city in {o}, has a population of {v} thousand."],
+    "person": ["{s} is a {prof}, born in {o} in {v}.",
+               "{s} is a {prof} who was born in {v} in {o}."],
+    "film": ["{s} is a film made by {o}, released in {v}.",
+             "Made by {o}, the film {s} was released in {v}."],
+    "company": ["{s} is a company set up by {o} in {v}, based in {c}.",
+                "{s} was set up in {v} by {o} and is based in {c}."],
+    # fact passages of the object o about the subject s (titled "<Key phrase> <s>")
+    "born_in": ["{o} is the hometown of {s}, a {prof}. {o} is a city in {k}.",
+                "The hometown of {s}, a {prof}, is {o}, a city in {k}."],
+    "located_in": ["{o} is the country of {s}.", "The country of {s} is {o}."],
+    "directed_by": ["{o}, born in {c} in {v}, is the director of {s}.",
+                    "The director of {s} is {o}, born in {v} in {c}."],
+    "founded_by": ["{o}, born in {c} in {v}, is the founder of {s}.",
+                   "The founder of {s} is {o}, born in {v} in {c}."],
+    "headquartered_in": ["{o} is the headquarters of {s}. {o} is a city in {k}.",
+                         "The headquarters of {s} is {o}, a city in {k}."],
 }
 
 
@@ -253,48 +275,51 @@ def _say(rng: random.Random, key: str, **kw) -> str:
     return rng.choice(T[key]).format(**kw)
 
 
+def fact_title(rel: str, subject_name: str) -> str:
+    """Title of the object-side passage of a fact: ``"Founder of Lubul Foods"``."""
+    return f"{KEY[rel].capitalize()} {subject_name}"
+
+
 def _documents(ents: dict[str, Entity], rng: random.Random) -> list[Document]:
     docs: list[Document] = []
-    extra: dict[str, list[str]] = {eid: [] for eid in ents}  # object id -> reverse passages
+    facts: dict[str, list[tuple[str, str]]] = {eid: [] for eid in ents}  # object id -> (title, text)
 
     def name(eid: str) -> str:
         return ents[eid].name
 
-    def person_context(p: Entity) -> str:
-        return (_say(rng, "born_in", s=p.name, o=name(p.facts["born_in"])) + " "
-                + _say(rng, "birth_year", s=p.name, v=p.facts["birth_year"]))
-
-    def city_context(c: Entity) -> str:
-        return _say(rng, "city", s=c.name, o=name(c.facts["located_in"]))
-
     for e in ents.values():
-        s = e.name
+        s, f = e.name, e.facts
         if e.etype == "country":
-            body = [_say(rng, "country", s=s, v=e.facts["population"])]
+            intro = _say(rng, "country", s=s, v=f["population"])
         elif e.etype == "city":
-            body = [city_context(e), _say(rng, "city_pop", s=s, v=e.facts["population"])]
-            k = ents[e.facts["located_in"]]
-            extra[k.eid].append(_say(rng, "r_located_in", o=k.name, s=s) + " " + _say(rng, "country", s=k.name, v=k.facts["population"]))
+            intro = _say(rng, "city", s=s, o=name(f["located_in"]), v=f["population"])
+            facts[f["located_in"]].append((fact_title("located_in", s),
+                                           _say(rng, "located_in", o=name(f["located_in"]), s=s)))
         elif e.etype == "person":
-            body = [_say(rng, "person", s=s, prof=_profession(e)), person_context(e)]
-            c = ents[e.facts["born_in"]]
-            extra[c.eid].append(_say(rng, "r_born_in", o=c.name, s=s, prof=_profession(e)) + " " + city_context(c))
+            c = ents[f["born_in"]]
+            intro = _say(rng, "person", s=s, prof=_profession(e), o=c.name, v=f["birth_year"])
+            facts[c.eid].append((fact_title("born_in", s), _say(rng, "born_in", o=c.name, s=s, prof=_profession(e),
+                                                                  k=name(c.facts["located_in"]))))
         elif e.etype == "film":
-            p = ents[e.facts["directed_by"]]
-            body = [_say(rng, "film", s=s, o=p.name), _say(rng, "release_year", s=s, v=e.facts["release_year"])]
-            extra[p.eid].append(_say(rng, "r_directed", o=p.name, s=s) + " " + person_context(p))
+            p = ents[f["directed_by"]]
+            intro = _say(rng, "film", s=s, o=p.name, v=f["release_year"])
+            facts[p.eid].append((fact_title("directed_by", s),
+                                 _say(rng, "directed_by", o=p.name, s=s, c=name(p.facts["born_in"]),
+                                      v=p.facts["birth_year"])))
         elif e.etype == "company":
-            p, c = ents[e.facts["founded_by"]], ents[e.facts["headquartered_in"]]
-            body = [_say(rng, "company", s=s, o=p.name), _say(rng, "founded_year", s=s, v=e.facts["founded_year"]),
-                    _say(rng, "hq", s=s, o=c.name)]
-            extra[p.eid].append(_say(rng, "r_founded", o=p.name, s=s) + " " + person_context(p))
-            extra[c.eid].append(_say(rng, "r_hq", o=c.name, s=s) + " " + city_context(c))
+            p, c = ents[f["founded_by"]], ents[f["headquartered_in"]]
+            intro = _say(rng, "company", s=s, o=p.name, v=f["founded_year"], c=c.name)
+            facts[p.eid].append((fact_title("founded_by", s),
+                                 _say(rng, "founded_by", o=p.name, s=s, c=name(p.facts["born_in"]),
+                                      v=p.facts["birth_year"])))
+            facts[c.eid].append((fact_title("headquartered_in", s),
+                                 _say(rng, "headquartered_in", o=c.name, s=s, k=name(c.facts["located_in"]))))
         else:  # pragma: no cover
             raise AssertionError(e.etype)
-        docs.append(Document(f"{e.eid}-0", s, " ".join(body)))
-    for eid, passages in extra.items():
-        for k, text in enumerate(passages, start=1):
-            docs.append(Document(f"{eid}-{k}", ents[eid].name, text))
+        docs.append(Document(f"{e.eid}-0", s, intro))
+    for eid, passages in facts.items():
+        for k, (title, text) in enumerate(passages, start=1):
+            docs.append(Document(f"{eid}-{k}", title, text))
     return docs
 
 
@@ -328,26 +353,26 @@ def _single_hop(ents, rng) -> list[dict]:
                           {"subject": [e.eid], "answer": [p]}, ents,
                           [_S("direct", ("subject", "{subject}")),
                            _S("direct_confirm", ("subject", "{subject}"), ("answer", "{answer}")),
-                           _S("reverse", ("answer", "filmmaker behind {subject}"))]))
+                           _S("reverse", ("answer", "director of {subject}"))]))
         elif e.etype == "company":
             p, c = e.facts["founded_by"], e.facts["headquartered_in"]
             out.append(_q("founder", "single_hop", 1, f"Who founded the company {e.name}?", [ents[p].name],
                           {"subject": [e.eid], "answer": [p]}, ents,
                           [_S("direct", ("subject", "{subject}")),
                            _S("direct_confirm", ("subject", "{subject}"), ("answer", "{answer}")),
-                           _S("reverse", ("answer", "entrepreneur who started {subject}"))]))
+                           _S("reverse", ("answer", "founder of {subject}"))]))
             out.append(_q("headquarters", "single_hop", 1, f"In which city is {e.name} headquartered?", [ents[c].name],
                           {"subject": [e.eid], "answer": [c]}, ents,
                           [_S("direct", ("subject", "{subject}")),
                            _S("direct_confirm", ("subject", "{subject}"), ("answer", "{answer}")),
-                           _S("reverse", ("answer", "hosts the head office of {subject}"))]))
+                           _S("reverse", ("answer", "headquarters of {subject}"))]))
         elif e.etype == "city":
             k = e.facts["located_in"]
             out.append(_q("city_country", "single_hop", 1, f"In which country is the city of {e.name}?", [ents[k].name],
                           {"subject": [e.eid], "answer": [k]}, ents,
                           [_S("direct", ("subject", "{subject}")),
                            _S("direct_confirm", ("subject", "{subject}"), ("answer", "{answer}")),
-                           _S("reverse", ("answer", "nation containing {subject}"))]))
+                           _S("reverse", ("answer", "country of {subject}"))]))
     return out
 
 
@@ -362,7 +387,7 @@ def _multi_hop(ents, rng) -> list[dict]:
                           [_S("forward", ("subject", "{subject}"), ("bridge", "{bridge}")),
                            _S("combined", ("bridge", "hometown of {subject} country")),
                            _S("forward_confirm", ("subject", "{subject}"), ("bridge", "{bridge}"),
-                              ("answer", "nation containing {bridge}"))]))
+                              ("answer", "country of {bridge}"))]))
         elif e.etype == "film":
             p = e.facts["directed_by"]
             c = ents[p].facts["born_in"]
@@ -370,14 +395,14 @@ def _multi_hop(ents, rng) -> list[dict]:
             out.append(_q("director_birth_year", "multi_hop", 2, f"In which year was the director of {e.name} born?",
                           [str(ents[p].facts["birth_year"])], {"subject": [e.eid], "bridge": [p]}, ents,
                           [_S("forward", ("subject", "{subject}"), ("bridge", "{bridge}")),
-                           _S("combined", ("bridge", "filmmaker behind {subject} born in year"))]))
+                           _S("combined", ("bridge", "director of {subject} birth year"))]))
             out.append(_q("director_birth_country", "multi_hop", 3, f"In which country was the director of {e.name} born?",
                           [ents[k].name], {"subject": [e.eid], "bridge1": [p], "bridge2": [c], "answer": [k]}, ents,
                           [_S("forward", ("subject", "{subject}"), ("bridge1", "{bridge1}"), ("bridge2", "{bridge2}")),
-                           _S("combined", ("bridge1", "filmmaker behind {subject} born in city"),
+                           _S("combined", ("bridge1", "director of {subject} birthplace"),
                               ("bridge2", "{bridge2}")),
                            _S("forward_confirm", ("subject", "{subject}"), ("bridge1", "{bridge1}"), ("bridge2", "{bridge2}"),
-                              ("answer", "nation containing {bridge2}"))]))
+                              ("answer", "country of {bridge2}"))]))
         elif e.etype == "company":
             p = e.facts["founded_by"]
             c = ents[p].facts["born_in"]
@@ -386,37 +411,40 @@ def _multi_hop(ents, rng) -> list[dict]:
             out.append(_q("founder_birthplace", "multi_hop", 2, f"In which city was the founder of {e.name} born?",
                           [ents[c].name], {"subject": [e.eid], "bridge": [p], "answer": [c]}, ents,
                           [_S("forward", ("subject", "{subject}"), ("bridge", "{bridge}")),
-                           _S("combined", ("bridge", "entrepreneur who started {subject} born in city")),
+                           _S("combined", ("bridge", "founder of {subject} birthplace")),
                            _S("forward_confirm", ("subject", "{subject}"), ("bridge", "{bridge}"),
                               ("answer", "hometown of {bridge}"))]))
             out.append(_q("hq_country", "multi_hop", 2, f"In which country is {e.name} headquartered?",
                           [ents[k].name], {"subject": [e.eid], "bridge": [hq], "answer": [k]}, ents,
                           [_S("forward", ("subject", "{subject}"), ("bridge", "{bridge}")),
-                           _S("combined", ("bridge", "hosts the head office of {subject} country")),
+                           _S("combined", ("bridge", "headquarters of {subject} country")),
                            _S("forward_confirm", ("subject", "{subject}"), ("bridge", "{bridge}"),
-                              ("answer", "nation containing {bridge}"))]))
+                              ("answer", "country of {bridge}"))]))
     return out
 
 
 def _comparison(ents, rng, n: int) -> list[dict]:
     by = {t: [e for e in ents.values() if e.etype == t] for t in ("person", "film", "city")}
+    # type -> (attribute, kind, question, pick, attribute words for the queries); the
+    # attribute words make a query land on the intro, which states the attribute.
     spec = {
-        "person": ("birth_year", "born_earlier", "Who was born earlier, {a} or {b}?", min),
-        "film": ("release_year", "released_earlier", "Which film was released earlier, {a} or {b}?", min),
-        "city": ("population", "more_people", "Which city has more people, {a} or {b}?", max),
+        "person": ("birth_year", "born_earlier", "Who was born earlier, {a} or {b}?", min, "birth year"),
+        "film": ("release_year", "released_earlier", "Which film was released earlier, {a} or {b}?", min, "release year"),
+        "city": ("population", "more_people", "Which city has more people, {a} or {b}?", max, "population"),
     }
     out, seen = [], set()
-    strategies = [_S("a_first", ("a", "{a}"), ("b", "{b}")), _S("b_first", ("b", "{b}"), ("a", "{a}"))]
     for _ in range(n * 20):
         if len(out) >= n:
             break
         t = rng.choice(list(spec))
-        attr, kind, tmpl, pick = spec[t]
+        attr, kind, tmpl, pick, words = spec[t]
         a, b = rng.sample(by[t], 2)
         if a.facts[attr] == b.facts[attr] or frozenset((a.eid, b.eid)) in seen:
             continue
         seen.add(frozenset((a.eid, b.eid)))
         win = pick((a, b), key=lambda x: x.facts[attr])
+        strategies = [_S("a_first", ("a", f"{{a}} {words}"), ("b", f"{{b}} {words}")),
+                      _S("b_first", ("b", f"{{b}} {words}"), ("a", f"{{a}} {words}"))]
         out.append(_q(kind, "comparison", 2, tmpl.format(a=a.name, b=b.name), [win.name],
                       {"a": [a.eid], "b": [b.eid]}, ents, strategies,
                       evidence=[str(a.facts[attr]), str(b.facts[attr])]))
@@ -438,14 +466,16 @@ def _multi_answer(ents, rng) -> list[dict]:
                 continue
             answers = [x for p in bridges for x in p.facts[rel]]
             verb = "directed" if rel == "directs" else "founded"
-            key = "filmmaker behind" if rel == "directs" else "entrepreneur who started"
+            key = "director of" if rel == "directs" else "founder of"
+            # Step 1 echoes the city's "Hometown of <person>" passages, step 2 the bridge's
+            # "<Key> <answer>" passages; each shows the next hop's name.
             out.append(_q(kind, "multi_answer", 2, f"Name a {noun} {verb} by someone born in {city}.",
                           [ents[x].name for x in answers],
                           {"subject": [c], "bridge": [p.eid for p in bridges], "answer": answers}, ents,
-                          [_S("forward", ("subject", f"{{subject}} is the hometown of the {prof}"),
-                              ("bridge", f"{{bridge}} {key}")),
-                           _S("forward_confirm", ("subject", f"{{subject}} is the hometown of the {prof}"),
-                              ("bridge", f"{{bridge}} {key}"), ("answer", "{answer}"))]))
+                          [_S("forward", ("subject", f"{{subject}} is the hometown of a {prof}"),
+                              ("bridge", f"{{bridge}} is the {key}")),
+                           _S("forward_confirm", ("subject", f"{{subject}} is the hometown of a {prof}"),
+                              ("bridge", f"{{bridge}} is the {key}"), ("answer", "{answer}"))]))
     return out
 
 
