@@ -293,8 +293,9 @@ def _documents(ents: dict[str, Entity], rng: random.Random) -> list[Document]:
             intro = _say(rng, "country", s=s, v=f["population"])
         elif e.etype == "city":
             intro = _say(rng, "city", s=s, o=name(f["located_in"]), v=f["population"])
-            facts[f["located_in"]].append((fact_title("located_in", s),
-                                           _say(rng, "located_in", o=name(f["located_in"]), s=s)))
+            k = ents[f["located_in"]]
+            facts[k.eid].append((fact_title("located_in", s), _say(rng, "located_in", o=k.name, s=s,
+                                                                     v=k.facts["population"])))
         elif e.etype == "person":
             c = ents[f["born_in"]]
             intro = _say(rng, "person", s=s, prof=_profession(e), o=c.name, v=f["birth_year"])

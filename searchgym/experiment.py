@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -306,7 +307,8 @@ class StepMetricsHook:
     def __call__(self, trajs) -> dict:
         t0 = time.perf_counter()
         out = summarize_trajectories(trajs, k=1, er_window=self.er_window, vendi=False)
-        out.pop("accuracy", None)  # the trainer logs reward; accuracy here is the same number
+        for k in ("accuracy", "pass_at_1", "pass_at_k", "k"):  # the trainer logs reward/accuracy itself
+            out.pop(k, None)
         out["metrics_time_s"] = time.perf_counter() - t0
         return out
 
@@ -366,7 +368,9 @@ def _split_metrics(src: Path, out: Path) -> dict:
             st["step_time_s"] = st.get("time_step_s")
             steps.append(st)
     for name, recs in (("metrics.jsonl", steps), ("eval.jsonl", evals)):
-        text = "".join(json.dumps(r) + "\n" for r in recs)
+        # strict JSON: non-finite numbers (e.g. a metric with no input) become null
+        text = "".join(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                   for k, v in r.items()}) + "\n" for r in recs)
         from searchgym.retrieval.fileio import atomic_write_text
 
         atomic_write_text(out / name, text)

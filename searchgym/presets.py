@@ -92,7 +92,7 @@ def get_preset(name: str) -> Preset:
             sft=sft_preset("smoke"),
             rl=rl_preset("smoke", steps=4, batch_questions=4, n_samples=4, hidden_states=True, eval_every=0,
                          save_every=2, tensorboard=False),
-            eval=EvalConfig(questions=4, samples=4, k=4, every=2, vendi=True),
+            eval=EvalConfig(questions=4, samples=4, k=4, every=4, vendi=True),  # RL start + end
             objectives=("grpo", "clip_cov"),
             warm_starts=WARM_STARTS,
             seeds=(0,),
