@@ -40,6 +40,8 @@ class ModelPreset:
     num_attention_heads: int
     num_key_value_heads: int
     max_position_embeddings: int = 2048
+    entity_tokens: bool = True
+    """Add the world's entity names as whole tokens (see ``build_tokenizer``)."""
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -57,11 +59,16 @@ def get_preset(name: str) -> ModelPreset:
         raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}") from None
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int):
+def build_tokenizer(texts: Iterable[str], vocab_size: int, phrases: Iterable[str] = ()):
     """Train a byte-level BPE on ``texts`` and return a ``PreTrainedTokenizerFast``.
 
     The protocol tags are added tokens (one id each, not special, so decoding with
     ``skip_special_tokens=True`` keeps them); BOS/EOS/PAD are special tokens.
+    ``phrases`` (e.g. a world's entity names) become whole-word added tokens: a tiny model
+    then copies a name from the question or a retrieved passage as ONE token instead of
+    a run of sub-word pieces, which is what makes multi-hop search learnable by SFT in
+    minutes on a CPU (measured: 3% vs. far higher validation accuracy, see README).
+    Text still round-trips exactly (spaces around a phrase stay their own tokens).
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -77,6 +84,9 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int):
     )
     tok.train_from_iterator(texts, trainer=trainer)
     tok.add_tokens([AddedToken(t, single_word=False, normalized=False, special=False) for t in TAGS])
+    names = sorted({p.strip() for p in phrases if p and p.strip()} - set(TAGS))
+    if names:
+        tok.add_tokens([AddedToken(n, single_word=True, normalized=False, special=False) for n in names])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="left"
     )
@@ -113,6 +123,20 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def world_entity_names(world_dir: str | Path) -> list[str]:
+    """Every entity name of a world (from its ``kg.json``); empty if the folder has none."""
+    import json
+
+    kg = Path(world_dir) / "kg.json"
+    if not kg.exists():
+        return []
+    try:
+        ents = json.loads(kg.read_text(encoding="utf-8"))["entities"]
+        return [e["name"] for e in ents if isinstance(e.get("name"), str)]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{kg}: not a world knowledge graph ({exc})") from None
+
+
 def world_texts(world_dir: str | Path) -> list[str]:
     """Texts to train the tokenizer on: every corpus passage and question of a world, plus
     prompts and templated demonstration text so tags and think phrases tokenise well."""
@@ -140,7 +164,8 @@ def init_model(
     texts = list(texts)
     if not texts:
         raise ValueError("no text to train the tokenizer on")
-    tokenizer = build_tokenizer(texts, p.vocab_size)
+    names = world_entity_names(world_dir) if (world_dir is not None and p.entity_tokens) else []
+    tokenizer = build_tokenizer(texts, p.vocab_size, phrases=names)
     model = build_model(p, tokenizer, seed=seed)
     summary = {
         "preset": preset,

@@ -200,7 +200,10 @@ def main(argv=None) -> int:
     p.add_argument("-k", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch/FAISS threads, server and in-process alike (default 1)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--quick", action="store_true", help="3 s per configuration (for make bench --quick)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.duration = 3.0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import faiss
     import torch
@@ -271,6 +274,10 @@ def main(argv=None) -> int:
         atomic_write_json(args.json, results)
     if tmp is not None:
         tmp.cleanup()
+    figures = {k: round(v, 3) for k, v in ratios.items()}
+    figures.update({f"qps_{k}": round(v["qps"], 1) for k, v in s.items()})
+    figures.update({f"p99_ms_{k}": round(v["p99_ms"], 1) for k, v in s.items()})
+    print("RESULT_JSON " + json.dumps({"name": "retrieval", "figures": figures}))
     return 0
 
 

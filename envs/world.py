@@ -247,27 +247,26 @@ KEY = {  # relation of the subject -> key phrase of the object's fact passage
 }
 
 T = {
-    # intros: s is the entity
+    # intros: s is the entity (two paraphrases each)
     "country": ["{s} is a country with a population of {v} million.",
                 "{s} is a country of {v} million people."],
-    "city": ["{s} is a city in {o}, with a population of {v} thousand.",
-             "{s}, a city in {o}, has a population of {v} thousand."],
+    "city": ["{s} is a city in {o} with {v} thousand people.",
+             "{s} is a city of {v} thousand people in {o}."],
     "person": ["{s} is a {prof}, born in {o} in {v}.",
                "{s} is a {prof} who was born in {v} in {o}."],
     "film": ["{s} is a film made by {o}, released in {v}.",
              "Made by {o}, the film {s} was released in {v}."],
     "company": ["{s} is a company set up by {o} in {v}, based in {c}.",
                 "{s} was set up in {v} by {o} and is based in {c}."],
-    # fact passages of the object o about the subject s (titled "<Key phrase> <s>")
-    "born_in": ["{o} is the hometown of {s}, a {prof}. {o} is a city in {k}.",
-                "The hometown of {s}, a {prof}, is {o}, a city in {k}."],
-    "located_in": ["{o} is the country of {s}.", "The country of {s} is {o}."],
-    "directed_by": ["{o}, born in {c} in {v}, is the director of {s}.",
-                    "The director of {s} is {o}, born in {v} in {c}."],
-    "founded_by": ["{o}, born in {c} in {v}, is the founder of {s}.",
-                   "The founder of {s} is {o}, born in {v} in {c}."],
-    "headquartered_in": ["{o} is the headquarters of {s}. {o} is a city in {k}.",
-                         "The headquarters of {s} is {o}, a city in {k}."],
+    # fact passages of the object o about the subject s, titled "<Key phrase> <s>". One
+    # fixed wording each: the text opens with the title's phrase, which is what keeps a
+    # key-phrase query on this passage rather than on the subject's intro (measured with
+    # MiniLM: paraphrases here cost 5-15 points of that margin).
+    "born_in": ["The hometown of {s} ({prof}) is {o}, a city in {k}."],
+    "located_in": ["The country of the city {s} is {o}, a country of {v} million people."],
+    "directed_by": ["The director of {s} is {o}, born in {v} in {c}."],
+    "founded_by": ["The founder of {s} is {o}, born in {v} in {c}."],
+    "headquartered_in": ["The headquarters of {s} is {o}, a city in {k}."],
 }
 
 
@@ -473,10 +472,10 @@ def _multi_answer(ents, rng) -> list[dict]:
             out.append(_q(kind, "multi_answer", 2, f"Name a {noun} {verb} by someone born in {city}.",
                           [ents[x].name for x in answers],
                           {"subject": [c], "bridge": [p.eid for p in bridges], "answer": answers}, ents,
-                          [_S("forward", ("subject", f"{{subject}} is the hometown of a {prof}"),
-                              ("bridge", f"{{bridge}} is the {key}")),
-                           _S("forward_confirm", ("subject", f"{{subject}} is the hometown of a {prof}"),
-                              ("bridge", f"{{bridge}} is the {key}"), ("answer", "{answer}"))]))
+                          [_S("forward", ("subject", f"hometown of a {prof} from {{subject}}"),
+                              ("bridge", f"{key} a {noun} by {{bridge}}")),
+                           _S("forward_confirm", ("subject", f"hometown of a {prof} from {{subject}}"),
+                              ("bridge", f"{key} a {noun} by {{bridge}}"), ("answer", "{answer}"))]))
     return out
 
 
