@@ -14,6 +14,7 @@ from searchgym.envs.strategies import (
     oracle_query,
     oracle_table,
     run_oracle,
+    run_oracle_batch,
     valid_strategies,
 )
 from searchgym.envs.tasks import FAMILIES, ROLES, SPLITS, Question, Step, Strategy, read_questions
@@ -36,6 +37,6 @@ __all__ = [
     "ensure_index", "ensure_world", "entity_of_doc", "f1_score", "format_docs", "format_table",
     "generate_world", "list_envs", "load_qa", "load_questions", "load_world", "make", "make_batch",
     "match_strategy", "normalize_answer", "oracle_answer", "oracle_queries", "oracle_query", "oracle_table",
-    "parse_action", "read_questions", "register_task", "run_oracle", "search_role", "step_batch",
+    "parse_action", "read_questions", "register_task", "run_oracle", "run_oracle_batch", "search_role", "step_batch",
     "trajectory_signature", "valid_strategies", "write_world",
 ]

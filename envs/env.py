@@ -40,7 +40,7 @@ CORRECTIVE = (
 class EnvConfig:
     """Episode and reward settings of a :class:`SearchEnv`."""
 
-    max_turns: int = 4  # steps (search, answer or invalid) before truncation
+    max_turns: int = 5  # steps before truncation (3-hop forward_confirm: 4 searches + answer)
     topk: int = 3  # documents per search
     doc_chars: int = 180  # each document's text is cut to this many characters
     max_obs_chars: int = 4096  # hard bound on any observation (prompt included)

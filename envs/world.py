@@ -3,14 +3,16 @@
 Entities: countries, cities (in a country), people (born in a city, in a year), films
 (directed by a person, released in a year) and companies (founded by a person, in a
 year, headquartered in a city). Every entity has an *intro* passage (doc ``"<id>-0"``,
-titled with its full name) stating its own facts. Every relation fact is stated a second
-time in a passage titled with the *object* (doc ``"<object id>-<k>"``), together with one
-or two context facts about the object, so each fact can be reached from either end and a
-query naming the subject plus the relation surfaces the later hop directly.
+titled with its name) stating its own facts. Every relation fact is stated a second time
+in a *fact passage* of the *object* (doc ``"<object id>-<k>"``), titled with the relation's
+key phrase and the subject ("Founder of Lubul Foods") and carrying the context fact the
+next hop needs, so each fact can be reached from either end and a key-phrase query
+("founder of Lubul Foods birthplace") surfaces the later hop directly. Directors and
+founders also get a list passage ("Films directed by X: A, B.").
 
-Passages are short: a title and 2-4 templated sentences, each stating one fact, with
-paraphrase variety from a few templates. Names are pronounceable, 2-3 syllables per word,
-from a small syllable inventory; the ``distractor_rate`` knob adds near-duplicate names.
+Passages are one short line, from fixed templates (two paraphrases per intro). Names are
+pronounceable, 2-3 syllables per word, from a small syllable inventory; the
+``distractor_rate`` knob adds near-duplicate names.
 
 Question families (each question records its valid strategies, see :mod:`tasks`):
 ``single_hop`` (direct / direct_confirm / reverse), ``multi_hop`` 2- and 3-hop bridges
@@ -211,6 +213,10 @@ def _entities(cfg: WorldConfig, rng: random.Random) -> dict[str, Entity]:
     return ents
 
 
+def _with_article(prof: str) -> str:
+    return ("an " if prof[0] in "aeiou" else "a ") + prof
+
+
 def _profession(p: Entity) -> str:
     d, f = bool(p.facts["directs"]), bool(p.facts["founds"])
     if d and f:
@@ -246,14 +252,16 @@ KEY = {  # relation of the subject -> key phrase of the object's fact passage
     "headquartered_in": "headquarters of",
 }
 
+LIST_TITLE = {"directs": "Films directed by {s}", "founds": "Companies founded by {s}"}
+
 T = {
     # intros: s is the entity (two paraphrases each)
     "country": ["{s} is a country with a population of {v} million.",
                 "{s} is a country of {v} million people."],
     "city": ["{s} is a city in {o} with {v} thousand people.",
              "{s} is a city of {v} thousand people in {o}."],
-    "person": ["{s} is a {prof}, born in {o} in {v}.",
-               "{s} is a {prof} who was born in {v} in {o}."],
+    "person": ["{s} is {prof}, born in {o} in {v}.",
+               "{s} is {prof} who was born in {v} in {o}."],
     "film": ["{s} is a film made by {o}, released in {v}.",
              "Made by {o}, the film {s} was released in {v}."],
     "company": ["{s} is a company set up by {o} in {v}, based in {c}.",
@@ -263,6 +271,8 @@ T = {
     # key-phrase query on this passage rather than on the subject's intro (measured with
     # MiniLM: paraphrases here cost 5-15 points of that margin).
     "born_in": ["The hometown of {s} ({prof}) is {o}, a city in {k}."],
+    "directs": ["Films directed by {s}: {v}."],
+    "founds": ["Companies founded by {s}: {v}."],
     "located_in": ["The country of the city {s} is {o}, a country of {v} million people."],
     "directed_by": ["The director of {s} is {o}, born in {v} in {c}."],
     "founded_by": ["The founder of {s} is {o}, born in {v} in {c}."],
@@ -297,7 +307,7 @@ def _documents(ents: dict[str, Entity], rng: random.Random) -> list[Document]:
                                                                      v=k.facts["population"])))
         elif e.etype == "person":
             c = ents[f["born_in"]]
-            intro = _say(rng, "person", s=s, prof=_profession(e), o=c.name, v=f["birth_year"])
+            intro = _say(rng, "person", s=s, prof=_with_article(_profession(e)), o=c.name, v=f["birth_year"])
             facts[c.eid].append((fact_title("born_in", s), _say(rng, "born_in", o=c.name, s=s, prof=_profession(e),
                                                                   k=name(c.facts["located_in"]))))
         elif e.etype == "film":
@@ -317,6 +327,13 @@ def _documents(ents: dict[str, Entity], rng: random.Random) -> list[Document]:
         else:  # pragma: no cover
             raise AssertionError(e.etype)
         docs.append(Document(f"{e.eid}-0", s, intro))
+    for e in ents.values():
+        # One list passage per director / founder ("Films directed by X: A, B."), the
+        # person-side page that a multi-answer search for a bridge person's works lands on.
+        for rel in ("directs", "founds"):
+            if e.etype == "person" and e.facts[rel]:
+                works = ", ".join(name(x) for x in e.facts[rel])
+                facts[e.eid].append((LIST_TITLE[rel].format(s=e.name), _say(rng, rel, s=e.name, v=works)))
     for eid, passages in facts.items():
         for k, (title, text) in enumerate(passages, start=1):
             docs.append(Document(f"{eid}-{k}", title, text))
@@ -466,16 +483,16 @@ def _multi_answer(ents, rng) -> list[dict]:
                 continue
             answers = [x for p in bridges for x in p.facts[rel]]
             verb = "directed" if rel == "directs" else "founded"
-            key = "director of" if rel == "directs" else "founder of"
+            noun_pl = "films" if rel == "directs" else "companies"
             # Step 1 echoes the city's "Hometown of <person>" passages, step 2 the bridge's
             # "<Key> <answer>" passages; each shows the next hop's name.
             out.append(_q(kind, "multi_answer", 2, f"Name a {noun} {verb} by someone born in {city}.",
                           [ents[x].name for x in answers],
                           {"subject": [c], "bridge": [p.eid for p in bridges], "answer": answers}, ents,
-                          [_S("forward", ("subject", f"hometown of a {prof} from {{subject}}"),
-                              ("bridge", f"{key} a {noun} by {{bridge}}")),
-                           _S("forward_confirm", ("subject", f"hometown of a {prof} from {{subject}}"),
-                              ("bridge", f"{key} a {noun} by {{bridge}}"), ("answer", "{answer}"))]))
+                          [_S("forward", ("subject", f"hometown of {_with_article(prof)} from {{subject}}"),
+                              ("bridge", f"{noun_pl} {verb} by {{bridge}}")),
+                           _S("forward_confirm", ("subject", f"hometown of {_with_article(prof)} from {{subject}}"),
+                              ("bridge", f"{noun_pl} {verb} by {{bridge}}"), ("answer", "{answer}"))]))
     return out
 
 
