@@ -83,7 +83,7 @@ class DemoConfig:
     seed: int = 0
     index_kind: str = "dense"
     batch_size: int = 64
-    max_turns: int = 4
+    max_turns: int = 5
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -92,7 +92,7 @@ class DemoConfig:
             raise ValueError(f"-n must be >= 1, got {self.n}")
 
 
-def world_envs(world_dir: str | Path, split: str, n: int, index_kind: str = "dense", max_turns: int = 4):
+def world_envs(world_dir: str | Path, split: str, n: int, index_kind: str = "dense", max_turns: int = 5):
     """``n`` SearchEnvs over a world's split sharing one retriever."""
     from searchgym.envs.env import EnvConfig, SearchEnv
     from searchgym.envs.world import ensure_index, load_questions
@@ -110,7 +110,7 @@ def world_envs(world_dir: str | Path, split: str, n: int, index_kind: str = "den
 
 
 def build_matched(world_dir: str | Path, n: int, split: str = "train", seed: int = 0,
-                  index_kind: str = "dense", batch_size: int = 64, max_turns: int = 4,
+                  index_kind: str = "dense", batch_size: int = 64, max_turns: int = 5,
                   envs=None, tokenizer=None) -> dict[str, list[dict]]:
     """Both sets, matched slot by slot: ``{"narrow": [...], "diverse": [...]}``."""
     from searchgym.agents.policy import run_text_policy

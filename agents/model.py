@@ -47,8 +47,10 @@ class ModelPreset:
 PRESETS: dict[str, ModelPreset] = {
     # Well under 1M parameters: CI and smoke runs.
     "smoke": ModelPreset(1024, 64, 192, 2, 4, 2),
-    # A few million parameters: the main experiment on 2 CPU cores.
-    "small": ModelPreset(3072, 192, 512, 4, 4, 2),
+    # About a million parameters plus the phrase embeddings: the main experiment on 2 CPU
+    # cores (2 SFT warm starts + 28 RL arms in about an hour). Sized by measurement: this
+    # shape trains ~2.5x faster than hidden 192 x 4 layers at equal SFT quality per minute.
+    "small": ModelPreset(3072, 128, 384, 3, 4, 2),
 }
 
 
@@ -115,7 +117,27 @@ def build_model(preset: ModelPreset | str, tokenizer, seed: int = 0):
         use_cache=True,
     )
     torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config)
+    model = Qwen2ForCausalLM(config)
+    ids = phrase_token_ids(tokenizer)
+    if ids and preset.entity_tokens:
+        # Give every phrase token (entity names, attribute values) one shared embedding
+        # component on top of its random one: attention can then learn "find the entity
+        # in the question / passage" once for all of them, and the tied LM head still
+        # copies the specific one. Measured on the small world (narrow demos, 564 SFT
+        # steps): train loss 0.21 with it vs 0.69 without.
+        emb = model.get_input_embeddings().weight
+        g = torch.Generator().manual_seed(seed + 1)
+        shared = torch.randn(emb.shape[1], generator=g) * config.initializer_range
+        with torch.no_grad():
+            emb[ids] += shared
+    return model
+
+
+def phrase_token_ids(tokenizer) -> list[int]:
+    """Ids of the whole-phrase added tokens (``build_tokenizer(phrases=...)``)."""
+    skip = set(TAGS) | {BOS, EOS, PAD}
+    added = getattr(tokenizer, "get_added_vocab", lambda: {})()
+    return sorted(i for t, i in added.items() if t not in skip)
 
 
 def count_parameters(model) -> int:
@@ -124,7 +146,8 @@ def count_parameters(model) -> int:
 
 
 def world_entity_names(world_dir: str | Path) -> list[str]:
-    """Every entity name of a world (from its ``kg.json``); empty if the folder has none."""
+    """Every entity name and attribute value (years, counts) of a world, from its
+    ``kg.json``; empty if the folder has none. These become whole tokens."""
     import json
 
     kg = Path(world_dir) / "kg.json"
@@ -132,7 +155,12 @@ def world_entity_names(world_dir: str | Path) -> list[str]:
         return []
     try:
         ents = json.loads(kg.read_text(encoding="utf-8"))["entities"]
-        return [e["name"] for e in ents if isinstance(e.get("name"), str)]
+        out = [e["name"] for e in ents if isinstance(e.get("name"), str)]
+        for e in ents:
+            for v in (e.get("facts") or {}).values():
+                if isinstance(v, int) and not isinstance(v, bool):  # str facts are entity ids
+                    out.append(str(v))
+        return out
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{kg}: not a world knowledge graph ({exc})") from None
 

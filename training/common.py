@@ -96,7 +96,7 @@ def family_env_id(family: str) -> str:
             from None
 
 
-def make_envs(family: str, n: int, split: str, world: str = "", max_turns: int = 4, retriever: str = "", **kw):
+def make_envs(family: str, n: int, split: str, world: str = "", max_turns: int = 5, retriever: str = "", **kw):
     """``n`` envs of ``family`` on ``split`` sharing one retriever, and the question count."""
     from searchgym.envs import make_batch
 
@@ -121,7 +121,7 @@ def evaluate(
     split: str,
     num_questions: int,
     world: str = "",
-    max_turns: int = 4,
+    max_turns: int = 5,
     max_new_tokens: int = 48,
     envs=None,
     seed: int = 0,
