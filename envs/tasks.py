@@ -137,18 +137,13 @@ def read_questions(path) -> list[Question]:
     """Read a QA JSONL file (one :class:`Question` record or ``question``/``golden_answers``)."""
     from pathlib import Path
 
+    from searchgym.retrieval.fileio import iter_jsonl
+
     path = Path(path)
     out = []
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskFormatError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            qq = Question.from_json(rec, where=f"{path}:{lineno}")
-            if not qq.qid:
-                qq = Question(**{**qq.__dict__, "qid": f"{path.stem}-{lineno}"})
-            out.append(qq)
+    for lineno, rec in iter_jsonl(path, TaskFormatError):
+        qq = Question.from_json(rec, where=f"{path}:{lineno}")
+        if not qq.qid:
+            qq = Question(**{**qq.__dict__, "qid": f"{path.stem}-{lineno}"})
+        out.append(qq)
     return out

@@ -62,33 +62,24 @@ def read_corpus(path: str | Path) -> Iterator[Document]:
     Raises ``CorpusFormatError`` naming the file and line for a malformed line.
     Blank lines are skipped.
     """
+    from searchgym.retrieval.fileio import iter_jsonl
+
     path = Path(path)
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusFormatError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise CorpusFormatError(f"{path}:{lineno}: expected a JSON object")
-            doc_id, contents = record.get("id"), record.get("contents")
-            if doc_id is None or not isinstance(contents, str):
-                raise CorpusFormatError(
-                    f"{path}:{lineno}: a record needs 'id' and a string 'contents'"
-                )
-            title, text = split_contents(contents)
-            yield Document(doc_id=str(doc_id), title=title, text=text)
+    for lineno, record in iter_jsonl(path, CorpusFormatError):
+        if not isinstance(record, dict):
+            raise CorpusFormatError(f"{path}:{lineno}: expected a JSON object")
+        doc_id, contents = record.get("id"), record.get("contents")
+        if doc_id is None or not isinstance(contents, str):
+            raise CorpusFormatError(f"{path}:{lineno}: a record needs 'id' and a string 'contents'")
+        title, text = split_contents(contents)
+        yield Document(doc_id=str(doc_id), title=title, text=text)
 
 
 def write_corpus(documents, path: str | Path) -> None:
     """Write documents as Search-R1 JSONL, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    from searchgym.retrieval.fileio import atomic_path
+
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for doc in documents:
             f.write(json.dumps({"id": doc.doc_id, "contents": doc.contents}, ensure_ascii=False))
             f.write("\n")
-    tmp.replace(path)

@@ -95,6 +95,23 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def iter_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, Any]]:
+    """Stream ``(line number, parsed value)`` from a JSONL file, skipping blank lines.
+
+    A malformed line raises ``error`` naming ``file:line`` (every JSONL reader of the
+    project reports bad input the same way).
+    """
+    path = Path(path)
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+
+
 def read_jsonl(path: str | Path, skip_torn_tail: bool = True) -> list[dict]:
     """Read a JSONL file. A final line without its newline is a torn append (crash
     mid-write) and is dropped when ``skip_torn_tail``; any other malformed line raises
