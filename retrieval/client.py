@@ -107,19 +107,31 @@ class RemoteRetriever:
         return [queries[i : i + step] for i in range(0, len(queries), step)]
 
     # -- sync -----------------------------------------------------------------------------
+    def _outcome(self, attempt: int, n: int, response=None, exc: Exception | None = None):
+        """One attempt's result: the parsed hits, or ``None`` to retry after a backoff.
+
+        Raises when the tries are used up or the answer is not retryable (4xx)."""
+        last = attempt == self.retries
+        if exc is not None:
+            if last:
+                raise RetrievalRequestError(f"{self.url}: {type(exc).__name__}: {exc} (after {attempt + 1} tries)") from None
+            return None
+        if response.status_code == 200:
+            return self._parse(response, n)
+        if response.status_code not in RETRY_STATUS or last:
+            raise self._error(response)
+        return None
+
     def _post(self, queries: list[str], k: int) -> list[list[Hit]]:
         client = self._sync_client()
         for attempt in range(self.retries + 1):
             try:
-                response = client.post(self.url, json=self._payload(queries, k))
-            except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise RetrievalRequestError(f"{self.url}: {type(exc).__name__}: {exc} (after {attempt + 1} tries)") from None
-            else:
-                if response.status_code == 200:
-                    return self._parse(response, len(queries))
-                if response.status_code not in RETRY_STATUS or attempt == self.retries:
-                    raise self._error(response)
+                response, exc = client.post(self.url, json=self._payload(queries, k)), None
+            except httpx.TransportError as e:
+                response, exc = None, e
+            hits = self._outcome(attempt, len(queries), response, exc)
+            if hits is not None:
+                return hits
             time.sleep(self.backoff * (2**attempt))
         raise AssertionError("unreachable")
 
@@ -139,15 +151,12 @@ class RemoteRetriever:
         client = self._async_client()
         for attempt in range(self.retries + 1):
             try:
-                response = await client.post(self.url, json=self._payload(queries, k))
-            except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise RetrievalRequestError(f"{self.url}: {type(exc).__name__}: {exc} (after {attempt + 1} tries)") from None
-            else:
-                if response.status_code == 200:
-                    return self._parse(response, len(queries))
-                if response.status_code not in RETRY_STATUS or attempt == self.retries:
-                    raise self._error(response)
+                response, exc = await client.post(self.url, json=self._payload(queries, k)), None
+            except httpx.TransportError as e:
+                response, exc = None, e
+            hits = self._outcome(attempt, len(queries), response, exc)
+            if hits is not None:
+                return hits
             await asyncio.sleep(self.backoff * (2**attempt))
         raise AssertionError("unreachable")
 
