@@ -129,6 +129,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Greedy rollouts on the first ``num_questions`` questions of ``split``: accuracy,
     mean reward, format-error rate, searches per episode."""
+    from searchgym.agents.policy import summarize
     from searchgym.agents.rollout import RolloutConfig, RolloutEngine
 
     if envs is None:
@@ -142,11 +143,6 @@ def evaluate(
         greedy=True, max_new_tokens=max_new_tokens, n=1, seed=seed, max_batch_size=len(envs)))
     trajs = engine.rollout_questions(envs, q, n=1)
     model.train(was_training)
-    n = max(1, len(trajs))
-    return {
-        "accuracy": sum(bool(t.correct) for t in trajs) / n,
-        "reward_mean": sum(t.reward for t in trajs) / n,
-        "format_error_rate": sum(t.format_errors > 0 for t in trajs) / n,
-        "searches_per_episode": sum(t.num_searches for t in trajs) / n,
-        "num_episodes": len(trajs),
-    }
+    summary = summarize(trajs)
+    return {k: summary[k] for k in ("accuracy", "reward_mean", "format_error_rate", "searches_per_episode")} | {
+        "num_episodes": summary["episodes"]}

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from searchgym.agents.policy import summarize
 from searchgym.retrieval.fileio import append_jsonl, atomic_write_json
 from searchgym.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from searchgym.training.common import (
@@ -189,14 +190,15 @@ class RLTrainer:
             p0 = len(t.prompt_ids) - 1
             sampled[i, p0:p0 + len(lp)] = lp
         rm = batch.response_mask
+        outcome = summarize(trajs)
         rec = {
             "step": step,
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std()) if n > 1 else 0.0,
-            "accuracy": sum(bool(t.correct) for t in trajs) / n,
-            "format_error_rate": sum(t.format_errors > 0 for t in trajs) / n,
-            "searches_per_episode": sum(t.num_searches for t in trajs) / n,
-            "response_length": sum(t.num_policy_tokens for t in trajs) / n,
+            "accuracy": outcome["accuracy"],
+            "format_error_rate": outcome["format_error_rate"],
+            "searches_per_episode": outcome["searches_per_episode"],
+            "response_length": outcome["policy_tokens_per_episode"],
             "episode_length": sum(len(t.response_ids) for t in trajs) / n,
             **masked_entropy_stats(ent, rm),
             "rollout_logprob_absdiff": float(((sampled - old_lp).abs() * rm).sum() / rm.sum().clamp_min(1)),
