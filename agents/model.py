@@ -148,21 +148,17 @@ def count_parameters(model) -> int:
 def world_entity_names(world_dir: str | Path) -> list[str]:
     """Every entity name and attribute value (years, counts) of a world, from its
     ``kg.json``; empty if the folder has none. These become whole tokens."""
-    import json
+    from searchgym.envs.world import load_entities
 
-    kg = Path(world_dir) / "kg.json"
-    if not kg.exists():
+    if not (Path(world_dir) / "kg.json").exists():
         return []
-    try:
-        ents = json.loads(kg.read_text(encoding="utf-8"))["entities"]
-        out = [e["name"] for e in ents if isinstance(e.get("name"), str)]
-        for e in ents:
-            for v in (e.get("facts") or {}).values():
-                if isinstance(v, int) and not isinstance(v, bool):  # str facts are entity ids
-                    out.append(str(v))
-        return out
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{kg}: not a world knowledge graph ({exc})") from None
+    ents = load_entities(world_dir).values()
+    out = [e.name for e in ents]
+    for e in ents:
+        for v in e.facts.values():
+            if isinstance(v, int) and not isinstance(v, bool):  # str facts are entity ids
+                out.append(str(v))
+    return out
 
 
 def world_texts(world_dir: str | Path) -> list[str]:

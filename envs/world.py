@@ -594,6 +594,17 @@ def load_questions(world_dir: str | Path, split: str) -> list[Question]:
     return read_questions(path)
 
 
+def load_entities(world_dir: str | Path) -> dict[str, Entity]:
+    """The entities of a world folder's ``kg.json``, by id; ValueError naming the file if
+    it is not a knowledge graph written by :func:`write_world`."""
+    kg = Path(world_dir) / "kg.json"
+    try:
+        data = json.loads(kg.read_text(encoding="utf-8"))
+        return {e["eid"]: Entity(**e) for e in data["entities"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{kg}: not a world knowledge graph ({exc})") from None
+
+
 def load_world(world_dir: str | Path) -> World:
     """Load a world directory written by :func:`write_world`."""
     world_dir = Path(world_dir)
@@ -601,8 +612,7 @@ def load_world(world_dir: str | Path) -> World:
     cfg_d = dict(m["config"])
     cfg_d["split_fractions"] = tuple(cfg_d.get("split_fractions", (0.8, 0.1, 0.1)))
     cfg = WorldConfig(**cfg_d)
-    kg = json.loads((world_dir / "kg.json").read_text(encoding="utf-8"))
-    ents = {e["eid"]: Entity(**e) for e in kg["entities"]}
+    ents = load_entities(world_dir)
     docs = list(read_corpus(world_dir / "corpus.jsonl"))
     questions = {s: load_questions(world_dir, s) for s in SPLITS}
     return World(cfg, ents, docs, questions)

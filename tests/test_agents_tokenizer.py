@@ -48,8 +48,8 @@ def test_phrase_embeddings_share_a_component():
 
 def test_world_entity_names_reads_names_and_numbers(tmp_path):
     (tmp_path / "kg.json").write_text(json.dumps({"entities": [
-        {"eid": "E0", "name": "Riova", "facts": {"population": 56}},
-        {"eid": "E1", "name": "Gisi Linin", "facts": {"born_in": "E0", "birth_year": 1924, "founds": []}},
+        {"eid": "E0", "etype": "country", "name": "Riova", "facts": {"population": 56}},
+        {"eid": "E1", "etype": "person", "name": "Gisi Linin", "facts": {"born_in": "E0", "birth_year": 1924, "founds": []}},
     ]}))
     assert world_entity_names(tmp_path) == ["Riova", "Gisi Linin", "56", "1924"]
     (tmp_path / "kg.json").write_text("[1, 2]")
