@@ -97,8 +97,8 @@ def get_preset(name: str) -> Preset:
             warm_starts=WARM_STARTS,
             seeds=(0,),
         )
-    if name == "small":
-        return Preset(
+    if name in ("small", "full"):
+        small = Preset(
             name="small",
             world=WorldConfig(preset="small", seed=0),
             index=IndexStageConfig(kind="dense"),
@@ -120,19 +120,13 @@ def get_preset(name: str) -> Preset:
                 "`--preset full` or with `searchgym run --arms entropy_bonus clip_higher`.",
             ),
         )
-    if name == "full":
-        return Preset(
-            name="full",
-            world=WorldConfig(preset="small", seed=0),
-            index=IndexStageConfig(kind="dense"),
-            demos=DemoStageConfig(episodes=3000),
-            model=ModelStageConfig(preset="small"),
-            sft=sft_preset("small"),
-            rl=rl_preset("small", steps=100, hidden_states=True, eval_every=0, tensorboard=False,
-                         temperature=0.7, train_family="multi_hop"),
-            eval=EvalConfig(questions=32, samples=8, k=8, every=20, temperature=0.7),
-            objectives=OBJECTIVES_ALL,
-            seeds=(0, 1, 2),
+        if name == "small":
+            return small
+        # full: the small pipeline, run longer, all objectives, 3 seeds, a bigger evaluation
+        return replace(
+            small, name="full", rl=replace(small.rl, steps=100),
+            eval=replace(small.eval, questions=32, samples=8, k=8, every=20),
+            objectives=OBJECTIVES_ALL, seeds=(0, 1, 2), notes=(),
         )
     raise ValueError(f"unknown preset {name!r}; choose from smoke, small, full")
 
