@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 
 # verl is heavy to import (~5 s); the module-level import is still right here because
@@ -50,6 +51,7 @@ __all__ = [
     "objective_names",
     "forking_token_mask",
     "effective_rank_stats",
+    "effective_rank_stats_batch",
     "LossOutput",
 ]
 
@@ -394,36 +396,27 @@ class ForkingTokens(Objective):
         return m, {"forking_selected_frac": float(m.sum()) / n}
 
 
-def effective_rank_stats(h: torch.Tensor, stride: int = 20, max_tokens: int = 512) -> tuple[float, float, float]:
-    """(ER, ERV, ERA) of one response's (T, d) final-norm hidden states (VERL, notes s.3).
+def effective_rank_stats_batch(hidden_states, stride: int = 20, max_tokens: int = 512) -> np.ndarray:
+    """``[n, 3]`` rows of (ER, ERV, ERA) for n responses' (T, d) final-norm hidden states.
 
-    ER = exp(H(sigma / sum sigma)) of the row-centred matrix; ERV/ERA are the mean first /
-    second differences of prefix ERs at ``stride`` relative to their running mean, over
-    the last ``max_tokens`` rows (0 when T < 2 * stride).
+    Computed by ``searchgym.metrics.rank`` (the VERL definitions, notes s.3: ER of the
+    row-centred matrix, ERV/ERA over prefixes at ``stride`` in the last ``max_tokens``
+    rows) in one batched spectral pass. A response with fewer than two distinct rows has
+    no spread to measure; its ER is the rank floor 1.
     """
+    from searchgym.metrics.rank import effective_ranks, erv_era_batch
 
-    def er(x: torch.Tensor) -> float:
-        if x.shape[0] < 2:
-            return 1.0
-        x = x.double() - x.double().mean(0, keepdim=True)
-        s = torch.linalg.svdvals(x)
-        s = s[s > 1e-8 * max(float(s.max()), 1e-30)] if s.numel() else s
-        if s.numel() == 0:
-            return 1.0
-        p = s / s.sum()
-        return float(torch.exp(-(p * p.log()).sum()))
+    mats = [torch.as_tensor(h) for h in hidden_states]
+    er = effective_ranks(mats)
+    er = np.where(np.isfinite(er) & (er >= 1.0), er, 1.0)
+    erv, era = erv_era_batch(mats, stride=stride, max_len=max_tokens)
+    return np.stack([er, np.nan_to_num(erv), np.nan_to_num(era)], axis=1)
 
-    er_full = er(h)
-    h = h[-max_tokens:]
-    t = h.shape[0]
-    if t < 2 * stride:
-        return er_full, 0.0, 0.0
-    ers = [er(h[: k * stride + 1]) for k in range((t - 1) // stride + 1)]
-    deltas = [ers[k] - sum(ers[:k]) / k for k in range(1, len(ers))]
-    erv = sum(deltas) / len(deltas) if deltas else 0.0
-    d2 = [deltas[k] - deltas[k - 1] for k in range(1, len(deltas))]
-    era = sum(d2) / len(d2) if d2 else 0.0
-    return er_full, erv, era
+
+def effective_rank_stats(h, stride: int = 20, max_tokens: int = 512) -> tuple[float, float, float]:
+    """(ER, ERV, ERA) of one response; see :func:`effective_rank_stats_batch`."""
+    er, erv, era = effective_rank_stats_batch([h], stride, max_tokens)[0]
+    return float(er), float(erv), float(era)
 
 
 @register_objective("er_shaped")
@@ -446,10 +439,9 @@ class ERShaped(Objective):
         if hidden_states is None:
             raise ValueError("objective 'er_shaped' needs final-norm hidden states of the policy tokens")
         c = self.config
-        stats = torch.tensor(
-            [list(effective_rank_stats(h, c.diff_stride, c.max_tokens))[::-1] for h in hidden_states],
-            dtype=torch.float64,
-        )  # rows: [ERA, ERV, ER]
+        stats = torch.from_numpy(
+            effective_rank_stats_batch(hidden_states, c.diff_stride, c.max_tokens)[:, ::-1].copy()
+        )  # rows: [ERA, ERV, ER], float64
         batch_mean = stats.mean(0)
         mu = torch.tensor(self.ema, dtype=torch.float64) if self.ema is not None else batch_mean
         dev = ((stats - mu) / (mu.abs() + 1e-8)).clamp(-c.dev_clip, c.dev_clip)
