@@ -355,7 +355,7 @@ class FixedEvaluation:
 
 def _split_metrics(src: Path, out: Path) -> dict:
     """Split the trainer's metrics.jsonl into the report's step and eval records."""
-    from searchgym.retrieval.fileio import read_jsonl
+    from searchgym.retrieval.fileio import atomic_write_text, read_jsonl
 
     steps, evals = [], []
     for rec in read_jsonl(src):
@@ -371,8 +371,6 @@ def _split_metrics(src: Path, out: Path) -> dict:
         # strict JSON: non-finite numbers (e.g. a metric with no input) become null
         text = "".join(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                    for k, v in r.items()}) + "\n" for r in recs)
-        from searchgym.retrieval.fileio import atomic_write_text
-
         atomic_write_text(out / name, text)
     return {"steps": len(steps), "evals": len(evals)}
 
