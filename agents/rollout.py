@@ -9,6 +9,12 @@ searches); observation tokens are appended with loss mask 0 and become the rows'
 tokens; the next round rebuilds a batch cache from the rows' saved caches (left-padded, with
 per-row position ids) and prefills only the new tokens. Prompts are never re-encoded.
 
+The decode loop avoids copying the cache (``searchgym.agents.decoding``): each round's
+cache is preallocated for the round and written in place, grouped-query models attend
+without ``repeat_kv``, the prefill computes logits for the last position only, and a row
+that stops is replaced in its slot by a live row from the tail, so compacting the batch
+copies only the moved rows.
+
 Sampled token ids are kept exactly; each policy token records its log-prob and entropy
 under the sampling distribution ``softmax(logits / T)`` (before top-k/top-p truncation, the
 distribution the trainer recomputes), and on request the final-norm hidden state whose
@@ -29,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from searchgym.agents.decoding import GQA_SDPA, gqa_attention, preallocated_cache
 from searchgym.agents.episode import encode_prompt, encode_text, segment_labels, tag_ids
 
 
@@ -369,7 +376,7 @@ class RolloutEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), gqa_attention(self.model):
                 active = list(rows)
                 while active:
                     t0 = time.perf_counter()
@@ -447,18 +454,20 @@ class RolloutEngine:
         pend = [r.seq[r.n_cached:] for r in rows]
         P, U = max(past), max(len(p) for p in pend)
         input_ids = torch.full((B, U), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, P + U), dtype=torch.long)
+        mask = torch.zeros((B, P + U), dtype=torch.bool)  # which key columns are real tokens
         pos = torch.zeros((B, U), dtype=torch.long)
         for b, (p, u) in enumerate(zip(past, pend)):
             input_ids[b, U - len(u):] = torch.tensor(u, dtype=torch.long)
-            mask[b, P - p:P] = 1
-            mask[b, P + U - len(u):] = 1
+            mask[b, P - p:P] = True
+            mask[b, P + U - len(u):] = True
             pos[b, U - len(u):] = torch.arange(p, p + len(u))
-        cache = self._build_cache(rows, P)
+        cache = self._build_cache(rows, P, capacity=P + U + max(budgets))
         next_pos = torch.tensor([p + len(u) for p, u in zip(past, pend)], dtype=torch.long)
         want_h = cfg.return_hidden_states
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos,
-                    past_key_values=cache, use_cache=True, output_hidden_states=want_h)
+        # logits_to_keep=1: only the last position is sampled from; the LM head over every
+        # prefilled observation token was the largest single cost of a round
+        out = model(input_ids=input_ids, attention_mask=self._prefill_mask(mask, P, U), position_ids=pos,
+                    past_key_values=cache, use_cache=True, output_hidden_states=want_h, logits_to_keep=1)
         cache = out.past_key_values
         counts = [0] * B
         while True:
@@ -493,30 +502,64 @@ class RolloutEngine:
                     rows[b].kv = [(layer.keys[b:b + 1, :, cols].clone(), layer.values[b:b + 1, :, cols].clone())
                                   for layer in cache.layers]
                     rows[b].n_cached = len(rows[b].seq) - 1  # the last sampled token is pending
-                keep = [b for b in range(B) if b not in set(stopped)]
-                if not keep:
+                if len(stopped) == B:
                     break
+                # Live rows from the tail fill the stopped rows' slots, so compacting the
+                # cache copies only those rows (PreallocatedLayer.batch_select_indices).
+                gone = set(stopped)
+                n_keep = B - len(gone)
+                tail = [b for b in range(n_keep, B) if b not in gone]
+                keep = [b if b not in gone else tail.pop() for b in range(n_keep)]
                 idx = torch.tensor(keep, dtype=torch.long)
                 cache.batch_select_indices(idx)
                 mask, next_pos, tok = mask[idx], next_pos[idx], tok[idx]
                 rows = [rows[b] for b in keep]
                 budgets = [budgets[b] for b in keep]
                 counts = [counts[b] for b in keep]
-                B = len(rows)
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=1)
-            out = model(input_ids=tok.view(B, 1), attention_mask=mask, position_ids=next_pos.view(B, 1),
-                        past_key_values=cache, use_cache=True, output_hidden_states=want_h)
+                B = n_keep
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.bool)], dim=1)
+            out = model(input_ids=tok.view(B, 1), attention_mask=self._decode_mask(mask),
+                        position_ids=next_pos.view(B, 1), past_key_values=cache, use_cache=True,
+                        output_hidden_states=want_h)
             cache = out.past_key_values
             next_pos = next_pos + 1
 
-    def _build_cache(self, rows: list[_Row], P: int):
-        """A DynamicCache holding each row's saved KV, left-padded to ``P`` columns."""
-        torch = self.torch
-        from transformers import DynamicCache
+    def _prefill_mask(self, valid, P: int, U: int):
+        """Attention mask for prefilling ``U`` pending tokens after ``P`` cached columns.
 
-        if P == 0:
-            return DynamicCache(config=self.model.config)
-        ref = next(r.kv for r in rows if r.kv is not None)
+        For SDPA attention a ready 4D boolean mask (transformers passes it through as is,
+        skipping its per-call mask construction); other attention implementations get the
+        2D padding mask. Every query may see itself, so a left-padding query never has an
+        all-masked row (NaN in SDPA); its key column stays masked for the real queries.
+        """
+        if not self._bool_mask_ok():
+            return valid.long()
+        torch = self.torch
+        i = torch.arange(U).unsqueeze(1)
+        j = torch.arange(P + U).unsqueeze(0)
+        causal = j <= P + i
+        m = valid[:, None, None, :] & causal[None, None]
+        m[:, :, i.squeeze(1), P + i.squeeze(1)] = True
+        return m
+
+    def _decode_mask(self, valid):
+        return valid[:, None, None, :] if self._bool_mask_ok() else valid.long()
+
+    def _bool_mask_ok(self) -> bool:
+        return getattr(self.model.config, "_attn_implementation", None) in ("sdpa", GQA_SDPA)
+
+    def _build_cache(self, rows: list[_Row], P: int, capacity: int):
+        """A cache holding each row's saved KV, left-padded to ``P`` columns, with room for
+        ``capacity`` columns so the round's decode steps write in place."""
+        torch = self.torch
+        cfg = self.model.config
+        ref = next((r.kv for r in rows if r.kv is not None), None)
+        if ref is None:  # first round: empty layers shaped from the config
+            heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+            dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            dtype = next(self.model.parameters()).dtype
+            empty = torch.zeros((len(rows), heads, 0, dim), dtype=dtype)
+            return preallocated_cache(self.model, [(empty, empty)] * cfg.num_hidden_layers, capacity)
         data = []
         for li, (k0, v0) in enumerate(ref):
             _, H, _, D = k0.shape
@@ -530,7 +573,7 @@ class RolloutEngine:
             data.append((K, V))
         for r in rows:
             r.kv = None  # now owned by the batch cache
-        return DynamicCache(ddp_cache_data=data, config=self.model.config)
+        return preallocated_cache(self.model, data, capacity)
 
     def _sample(self, logits, rows: list[_Row]):
         """(token ids, log-probs, entropies) for each row's next token."""
