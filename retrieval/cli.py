@@ -50,6 +50,9 @@ def add_commands(subparsers) -> None:
     serve.add_argument("--max-queries", type=int, default=512, help="most queries per request (default 512)")
     serve.add_argument("--max-query-chars", type=int, default=4096, help="longest query accepted (default 4096)")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    serve.add_argument("--header-timeout", type=float, default=10.0, help="seconds a request's headers may take to arrive (default 10)")
+    serve.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request's body may take to arrive (default 30)")
+    serve.add_argument("--keep-alive-timeout", type=float, default=5.0, help="seconds an idle keep-alive connection stays open (default 5)")
     serve.add_argument("--cache-size", type=int, default=10_000, help="query-embedding LRU cache entries, 0 disables (default 10000)")
     serve.add_argument("--threads", type=int, default=None, help="torch/FAISS CPU threads (default: library default; 1 is best on a busy machine)")
     serve.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
@@ -108,7 +111,8 @@ def _serve(args: argparse.Namespace) -> int:
         default_topk=args.default_topk, max_topk=args.max_topk, max_queries=args.max_queries,
         max_query_chars=args.max_query_chars, max_body_bytes=args.max_body_bytes,
         batching=not args.no_batching, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-        token=args.token,
+        token=args.token, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        keep_alive_timeout_s=args.keep_alive_timeout,
     )
     serve(args.index, host=args.host, port=args.port, config=config, log_level=args.log_level, cache_size=args.cache_size)
     return 0

@@ -1,9 +1,11 @@
 """``RemoteRetriever``: the ``Retriever`` protocol over HTTP (a searchgym or Search-R1 server).
 
 Sync ``search`` and async ``asearch`` share one configuration; connections are pooled
-(one ``httpx.Client``, one ``httpx.AsyncClient`` per event loop). Connection errors,
-timeouts and 5xx answers are retried with exponential backoff; 4xx answers raise
-``RetrievalRequestError`` with the server's message at once.
+(one ``httpx.Client``, one ``httpx.AsyncClient`` per event loop). Connection errors
+(refused, reset, dropped mid-answer), timeouts and 500/502/503/504 answers are retried with
+exponential backoff capped at ``max_backoff`` (retrieval is idempotent, so a retried request
+cannot be answered twice); the defaults ride out a server restart of ~12 s. 4xx answers,
+malformed answers and exhausted retries raise ``RetrievalRequestError`` with the reason.
 """
 
 from __future__ import annotations
@@ -38,18 +40,23 @@ class RemoteRetriever:
         url: str,
         token: str | None = None,
         timeout: float = 30.0,
-        retries: int = 3,
+        retries: int = 6,
         backoff: float = 0.25,
+        max_backoff: float = 4.0,
         max_connections: int = 100,
         max_queries_per_request: int = 512,
     ):
         url = url.rstrip("/")
         self.base_url = url[: -len("/retrieve")] if url.endswith("/retrieve") else url
         self.url = self.base_url + "/retrieve"
-        if retries < 0 or backoff < 0 or timeout <= 0:
-            raise ValueError("retries and backoff must be >= 0 and timeout > 0")
+        if retries < 0 or backoff < 0 or max_backoff < 0 or timeout <= 0:
+            raise ValueError(
+                f"retries, backoff and max_backoff must be >= 0 and timeout > 0, got retries={retries}, "
+                f"backoff={backoff}, max_backoff={max_backoff}, timeout={timeout}"
+            )
         self.retries = retries
         self.backoff = backoff
+        self.max_backoff = max_backoff
         self.max_queries_per_request = max_queries_per_request
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = httpx.Timeout(timeout)
@@ -79,60 +86,101 @@ class RemoteRetriever:
 
     @staticmethod
     def _parse(response: httpx.Response, n: int) -> list[list[Hit]]:
+        """The hits of a 200 answer; ``RetrievalRequestError`` names what is malformed."""
+
+        def bad(what: str) -> RetrievalRequestError:
+            return RetrievalRequestError(f"{response.url}: unexpected response: {what}")
+
         try:
-            result = response.json()["result"]
-            out = []
-            for hits in result:
-                row = []
-                for entry in hits:
-                    doc = entry["document"]
-                    title, text = split_contents(doc["contents"])
-                    row.append(Hit(str(doc["id"]), title, text, float(entry["score"])))
-                out.append(row)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RetrievalRequestError(f"{response.url}: unexpected response ({type(exc).__name__}: {exc})") from None
-        if len(out) != n:
-            raise RetrievalRequestError(f"{response.url}: asked {n} queries, got {len(out)} results")
+            body = response.json()
+        except (ValueError, RecursionError) as exc:  # not JSON, bad UTF-8, absurd nesting
+            raise bad(f"not JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+        if not isinstance(body, dict) or not isinstance(body.get("result"), list):
+            raise bad("expected an object with a 'result' list")
+        result = body["result"]
+        if len(result) != n:
+            raise RetrievalRequestError(f"{response.url}: asked {n} queries, got {len(result)} results")
+        out = []
+        for i, hits in enumerate(result):
+            if not isinstance(hits, list):
+                raise bad(f"result[{i}] is not a list")
+            row = []
+            for j, entry in enumerate(hits):
+                where = f"result[{i}][{j}]"
+                if not isinstance(entry, dict) or not isinstance(entry.get("document"), dict):
+                    raise bad(f"{where} is not an object with a 'document' object")
+                doc, score = entry["document"], entry.get("score")
+                if not isinstance(doc.get("contents"), str):
+                    raise bad(f"{where}.document.contents is not a string")
+                if not isinstance(doc.get("id"), (str, int)) or isinstance(doc.get("id"), bool):
+                    raise bad(f"{where}.document.id is not a string or integer")
+                if isinstance(score, bool) or not isinstance(score, (int, float)):
+                    raise bad(f"{where}.score is not a number")
+                try:
+                    score = float(score)
+                except OverflowError:  # an integer with hundreds of digits
+                    raise bad(f"{where}.score is out of range") from None
+                title, text = split_contents(doc["contents"])
+                row.append(Hit(str(doc["id"]), title, text, score))
+            out.append(row)
         return out
 
     def _error(self, response: httpx.Response) -> RetrievalRequestError:
         try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
+            body = response.json()
+            detail = body.get("detail", response.text) if isinstance(body, dict) else response.text
+        except (ValueError, RecursionError):
             detail = response.text
         return RetrievalRequestError(f"{self.url}: HTTP {response.status_code}: {str(detail)[:500]}")
+
+    def _delay(self, attempt: int) -> float:
+        """Seconds to wait after failed try ``attempt`` (0-based): exponential, capped."""
+        return min(self.backoff * (2**attempt), self.max_backoff)
+
+    @property
+    def retry_window(self) -> float:
+        """Total backoff before giving up: the longest server outage a call rides out
+        (plus the time the tries themselves take)."""
+        return sum(self._delay(a) for a in range(self.retries))
 
     def _chunks(self, queries: list[str]):
         step = self.max_queries_per_request
         return [queries[i : i + step] for i in range(0, len(queries), step)]
 
     # -- sync -----------------------------------------------------------------------------
-    def _outcome(self, attempt: int, n: int, response=None, exc: Exception | None = None):
+    def _outcome(self, attempt: int, n: int, start: float, response=None, exc: Exception | None = None):
         """One attempt's result: the parsed hits, or ``None`` to retry after a backoff.
 
         Raises when the tries are used up or the answer is not retryable (4xx)."""
         last = attempt == self.retries
         if exc is not None:
             if last:
-                raise RetrievalRequestError(f"{self.url}: {type(exc).__name__}: {exc} (after {attempt + 1} tries)") from None
+                raise RetrievalRequestError(
+                    f"{self.url}: {type(exc).__name__}: {exc or 'no detail'} (gave up after {attempt + 1} tries "
+                    f"over {time.monotonic() - start:.1f} s; is the server running? raise retries/max_backoff "
+                    "to wait longer)"
+                ) from None
             return None
         if response.status_code == 200:
             return self._parse(response, n)
         if response.status_code not in RETRY_STATUS or last:
-            raise self._error(response)
+            err = self._error(response)
+            if response.status_code in RETRY_STATUS:
+                err = RetrievalRequestError(f"{err} (gave up after {attempt + 1} tries)")
+            raise err
         return None
 
     def _post(self, queries: list[str], k: int) -> list[list[Hit]]:
-        client = self._sync_client()
+        client, start = self._sync_client(), time.monotonic()
         for attempt in range(self.retries + 1):
             try:
                 response, exc = client.post(self.url, json=self._payload(queries, k)), None
-            except httpx.TransportError as e:
+            except httpx.TransportError as e:  # refused, reset, dropped mid-answer, timed out
                 response, exc = None, e
-            hits = self._outcome(attempt, len(queries), response, exc)
+            hits = self._outcome(attempt, len(queries), start, response, exc)
             if hits is not None:
                 return hits
-            time.sleep(self.backoff * (2**attempt))
+            time.sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
@@ -148,16 +196,16 @@ class RemoteRetriever:
 
     # -- async ----------------------------------------------------------------------------
     async def _apost(self, queries: list[str], k: int) -> list[list[Hit]]:
-        client = self._async_client()
+        client, start = self._async_client(), time.monotonic()
         for attempt in range(self.retries + 1):
             try:
                 response, exc = await client.post(self.url, json=self._payload(queries, k)), None
             except httpx.TransportError as e:
                 response, exc = None, e
-            hits = self._outcome(attempt, len(queries), response, exc)
+            hits = self._outcome(attempt, len(queries), start, response, exc)
             if hits is not None:
                 return hits
-            await asyncio.sleep(self.backoff * (2**attempt))
+            await asyncio.sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 
     async def asearch(self, queries: list[str], k: int) -> list[list[Hit]]:

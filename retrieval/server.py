@@ -13,6 +13,13 @@ never blocks on encoding or FAISS. With ``batching=False`` each request is its o
 (the Search-R1-style baseline the benchmark compares against).
 
 Bad requests get a 4xx JSON ``{"detail": message}``, never a 500.
+
+Hardening: binds 127.0.0.1 unless told otherwise and says so at start; an optional bearer
+token (compared in constant time) guards every route but /health and is checked before a
+byte of the body is read; bodies over ``max_body_bytes`` are refused from their
+Content-Length (or cut at the limit when chunked); slow clients are cut by header/body
+timeouts (uvicorn alone never times out a connection that sends nothing); no file is
+opened for a request (request fields are only queries and numbers).
 """
 
 from __future__ import annotations
@@ -50,6 +57,14 @@ class ServerConfig:
     max_batch: int = 256  # queries per coalesced retriever call
     batch_wait_ms: float = 2.0
     token: str | None = None  # bearer token required on every route but /health
+    # Slow-client limits (slowloris): a request's headers must arrive within
+    # header_timeout_s of its first byte (or of the connection opening), its body within
+    # body_timeout_s of the headers; an idle keep-alive connection closes after
+    # keep_alive_timeout_s. A slow client costs one socket for at most that long and never
+    # delays other clients (every connection is its own asyncio task).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_timeout_s: float = 5.0
 
     def __post_init__(self):
         for name in ("default_topk", "max_topk", "max_queries", "max_query_chars", "max_body_bytes", "max_batch"):
@@ -57,6 +72,9 @@ class ServerConfig:
                 raise ValueError(f"ServerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"ServerConfig.batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ServerConfig.{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.default_topk > self.max_topk:
             raise ValueError(f"ServerConfig.default_topk {self.default_topk} exceeds max_topk {self.max_topk}")
 
@@ -68,6 +86,16 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def _show(value) -> str:
+    """A short JSON-ish rendering of a request value for an error message (never recurses
+    into containers: a deeply nested value must not blow the stack)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)[:40]
+    if isinstance(value, str):
+        return json.dumps(value[:30])
+    return f"a JSON {'array' if isinstance(value, list) else 'object'}"
 
 
 def parse_request(payload, config: ServerConfig) -> tuple[list[str], int, bool]:
@@ -82,7 +110,7 @@ def parse_request(payload, config: ServerConfig) -> tuple[list[str], int, bool]:
     if not queries:
         raise RequestError(422, "'queries' is empty")
     if len(queries) > config.max_queries:
-        raise RequestError(422, f"too many queries: {len(queries)} > {config.max_queries} per request")
+        raise RequestError(422, f"too many queries in 'queries': {len(queries)} > {config.max_queries} per request")
     for i, q in enumerate(queries):
         if not isinstance(q, str):
             raise RequestError(422, f"queries[{i}] must be a string, got {type(q).__name__}")
@@ -90,17 +118,30 @@ def parse_request(payload, config: ServerConfig) -> tuple[list[str], int, bool]:
             raise RequestError(422, f"queries[{i}] is empty")
         if len(q) > config.max_query_chars:
             raise RequestError(422, f"queries[{i}] is too long: {len(q)} > {config.max_query_chars} characters")
+        try:
+            q.encode("utf-8")
+        except UnicodeEncodeError:  # JSON allows lone surrogates ("\ud800"); tokenizers do not
+            raise RequestError(422, f"queries[{i}] is not valid Unicode (lone surrogate escape)") from None
     topk = payload.get("topk")
     if topk is None:
         topk = config.default_topk
     elif isinstance(topk, bool) or not isinstance(topk, int):
-        raise RequestError(422, f"'topk' must be an integer or null, got {json.dumps(topk)[:40]}")
+        raise RequestError(422, f"'topk' must be an integer or null, got {_show(topk)}")
     elif not 1 <= topk <= config.max_topk:
         raise RequestError(422, f"'topk' must be between 1 and {config.max_topk}, got {topk}")
     return_scores = payload.get("return_scores", False)
     if not isinstance(return_scores, bool):
-        raise RequestError(422, f"'return_scores' must be true or false, got {json.dumps(return_scores)[:40]}")
+        raise RequestError(422, f"'return_scores' must be true or false, got {_show(return_scores)}")
     return queries, topk, return_scores
+
+
+def decode_request(body: bytes, config: ServerConfig) -> tuple[list[str], int, bool]:
+    """Decode and validate a raw ``/retrieve`` body; raises ``RequestError`` (400/422)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, deep nesting
+        raise RequestError(400, f"malformed JSON body: {str(exc)[:200]}") from None
+    return parse_request(payload, config)
 
 
 def _document(hit: Hit) -> dict:
@@ -112,6 +153,10 @@ def format_result(results: list[list[Hit]], return_scores: bool) -> dict:
     if return_scores:
         return {"result": [[{"document": _document(h), "score": h.score} for h in hits] for hits in results]}
     return {"result": [[_document(h) for h in hits] for hits in results]}
+
+
+class ServerShuttingDown(RuntimeError):
+    """Answered as 503 (retryable) to requests still queued when the server stops."""
 
 
 class MicroBatcher:
@@ -149,7 +194,7 @@ class MicroBatcher:
         while self._pending:
             fut = self._pending.popleft()[2]
             if not fut.done():
-                fut.set_exception(RuntimeError("server shutting down"))
+                fut.set_exception(ServerShuttingDown("server shutting down; retry"))
 
     async def submit(self, queries: list[str], k: int) -> list[list[Hit]]:
         fut = asyncio.get_running_loop().create_future()
@@ -253,6 +298,7 @@ def create_app(retriever, config: ServerConfig | None = None):
             return True
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
+        # Constant-time comparison: the answer's timing must not reveal a token prefix.
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode("utf-8"), token)
 
     async def read_body(request: Request) -> bytes:
@@ -262,7 +308,7 @@ def create_app(retriever, config: ServerConfig | None = None):
                 declared = int(length)
             except ValueError:
                 raise RequestError(400, f"invalid Content-Length header {length[:40]!r}") from None
-            if declared > config.max_body_bytes:
+            if declared > config.max_body_bytes:  # refused before a byte of the body is read
                 raise RequestError(413, f"request body too large: {declared} > {config.max_body_bytes} bytes")
         body = bytearray()
         async for chunk in request.stream():
@@ -276,20 +322,24 @@ def create_app(retriever, config: ServerConfig | None = None):
         if not authorized(request):
             return error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         try:
-            body = await read_body(request)
             try:
-                payload = json.loads(body)
-            except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, deep nesting
-                raise RequestError(400, f"malformed JSON body: {str(exc)[:200]}") from None
-            queries, topk, return_scores = parse_request(payload, config)
+                body = await asyncio.wait_for(read_body(request), config.body_timeout_s)
+            except asyncio.TimeoutError:
+                raise RequestError(408, f"request body not received within {config.body_timeout_s:g} s") from None
+            queries, topk, return_scores = decode_request(body, config)
         except RequestError as exc:
-            return error(exc.status, exc.message)
+            # A body left unread (413, 408) must not be drained: close the connection.
+            headers = {"Connection": "close"} if exc.status in (408, 413) else None
+            return error(exc.status, exc.message, headers)
         except ClientDisconnect:
-            return error(400, "client disconnected while sending the body")
-        if config.batching:
-            results = await batcher.submit(queries, topk)
-        else:
-            results = await asyncio.get_running_loop().run_in_executor(executor, retriever.search, queries, topk)
+            return error(400, "client disconnected while sending the body", {"Connection": "close"})
+        try:
+            if config.batching:
+                results = await batcher.submit(queries, topk)
+            else:
+                results = await asyncio.get_running_loop().run_in_executor(executor, retriever.search, queries, topk)
+        except ServerShuttingDown as exc:
+            return error(503, str(exc))  # the client retries against the restarted server
         body = json.dumps(format_result(results, return_scores), ensure_ascii=False).encode("utf-8")
         return Response(body, media_type="application/json")
 
@@ -304,6 +354,107 @@ def create_app(retriever, config: ServerConfig | None = None):
         return error(404, f"no route {request.url.path}; use POST /retrieve or GET /health")
 
     return app
+
+
+LINGER_S = 2.0  # how long a connection refused mid-body keeps discarding before it is reset
+
+
+class _LingeringTransport:
+    """The real transport, except that ``close`` while the client is still sending (a body
+    refused with 413/408, trickled headers) half-closes instead: our answer is flushed, then
+    whatever the client still sends is discarded until it hangs up or ``LINGER_S`` passes.
+    A plain close with unread bytes makes the kernel send a TCP reset, and the client would
+    see "connection reset" instead of the answer (RFC 9112 section 9.6, "lingering close")."""
+
+    def __init__(self, transport, protocol):
+        self._transport = transport
+        self._protocol = protocol
+        self._closing = False
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport.is_closing()
+
+    def close(self) -> None:
+        import h11
+
+        if self._closing:
+            return
+        self._closing = True
+        transport, proto = self._transport, self._protocol
+        state, (unparsed, _) = proto.conn.their_state, proto.conn.trailing_data
+        still_sending = state is h11.SEND_BODY or (state is h11.IDLE and bool(unparsed))  # mid-body, mid-headers
+        if transport.is_closing() or not still_sending or not transport.can_write_eof():
+            transport.close()
+            return
+        proto.lingering = True
+        transport.resume_reading()  # flow control may have paused it at the high-water mark
+        transport.write_eof()  # sent after the buffered answer
+        proto.loop.call_later(LINGER_S, transport.close)
+
+
+def _hardened_h11_protocol(header_timeout_s: float):
+    """uvicorn's h11 protocol plus (1) a request-header deadline, which uvicorn lacks: a
+    connection that sends nothing, or trickles its headers, is answered 408 and closed
+    ``header_timeout_s`` after it opened (or after the first byte of its next request);
+    (2) lingering close when a request is refused before its body was read."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    reply = json.dumps({"detail": f"request headers not received within {header_timeout_s:g} s"}).encode()
+    timeout_response = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        + f"content-length: {len(reply)}\r\n\r\n".encode() + reply
+    )
+
+    class HardenedH11Protocol(H11Protocol):
+        _header_timer = None
+        lingering = False  # set by _LingeringTransport.close: input is discarded from then on
+
+        def _arm(self) -> None:
+            self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.transport = _LingeringTransport(transport, self)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self.lingering:
+                return  # discarded: the answer is already sent
+            if self._header_timer is None and self.conn.their_state is h11.IDLE:
+                self._arm()  # first bytes of a new request on a kept-alive connection
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()  # headers complete: the app's body timeout takes over
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.write(timeout_response)
+                self.transport.close()
+
+    return HardenedH11Protocol
+
+
+def uvicorn_options(config: ServerConfig) -> dict:
+    """Keyword arguments for ``uvicorn.Config``/``uvicorn.run`` that apply ``config``'s
+    slow-client limits (use them whenever you run ``create_app``'s app yourself)."""
+    return {
+        "http": _hardened_h11_protocol(config.header_timeout_s),
+        "timeout_keep_alive": config.keep_alive_timeout_s,
+    }
 
 
 def _is_loopback(host: str) -> bool:
@@ -337,4 +488,5 @@ def serve(index_dir, host: str = "127.0.0.1", port: int = 8000, config: ServerCo
               file=sys.stderr, flush=True)
     print(f"searchgym serve: micro-batching {'on' if config.batching else 'off'}; limits {asdict(config) | {'token': bool(config.token)}}",
           flush=True)
-    uvicorn.run(create_app(retriever, config), host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(create_app(retriever, config), host=host, port=port, log_level=log_level, access_log=False,
+                **uvicorn_options(config))
