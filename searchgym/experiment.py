@@ -15,6 +15,7 @@ failing arm is recorded with its error and reported, never fatal to the others.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -111,6 +112,8 @@ class StageCache:
         t0 = time.perf_counter()
         manifest = self.lookup(name, key)
         if manifest is not None:
+            # a run killed between publishing the stage and deleting its scratch left it behind
+            shutil.rmtree(self.scratch(name, key), ignore_errors=True)
             return StageResult(name, key, self.path(name, key), True, time.perf_counter() - t0,
                                float(manifest.get("wall_s", 0.0)), manifest.get("info") or {})
         scratch = self.scratch(name, key)
@@ -186,13 +189,22 @@ class ArmTask:
     fn: Callable  # module-level function (spec, config, out, inputs, scratch) -> dict
     version: int = 1
 
+    def stage_name(self) -> str:
+        return f"arm-{self.spec.arm_id}"
+
+    def is_cached(self) -> bool:
+        """Whether the arm's stage is already finished (then running it only reads the cache)."""
+        key = stage_key(self.stage_name(), (self.spec, self.config), {k: r.key for k, r in self.inputs.items()},
+                        self.version)
+        return StageCache(self.cache_root).lookup(self.stage_name(), key) is not None
+
     def run(self) -> StageResult:
         cache = StageCache(self.cache_root)
 
         def stage(out: Path, inputs: dict[str, Path], scratch: Path) -> dict:
             return self.fn(self.spec, self.config, out, inputs, scratch)
 
-        return cache.run(f"arm-{self.spec.arm_id}", (self.spec, self.config), self.inputs, stage, self.version)
+        return cache.run(self.stage_name(), (self.spec, self.config), self.inputs, stage, self.version)
 
 
 def run_arms(tasks: list[ArmTask], workers: int = 1, threads_per_worker: int | None = None,
@@ -205,6 +217,13 @@ def run_arms(tasks: list[ArmTask], workers: int = 1, threads_per_worker: int | N
     from tqdm.auto import tqdm
 
     ncpu = os.cpu_count() or 1
+    # finished arms are only read from the cache: no need to start worker processes for them
+    pending = [i for i, t in enumerate(tasks) if not (isinstance(t, ArmTask) and t.is_cached())]
+    if workers > 1 and len(pending) < len(tasks):
+        done = {i: run_arm_task(tasks[i]) for i in range(len(tasks)) if i not in pending}
+        rest = run_arms([tasks[i] for i in pending], workers, threads_per_worker, progress) if pending else []
+        done.update(zip(pending, rest))
+        return [done[i] for i in range(len(tasks))]
     if workers <= 1 or len(tasks) <= 1:
         import torch
 
@@ -384,7 +403,8 @@ def rl_arm_stage(spec: ArmSpec, config: dict, out: Path, inputs: dict[str, Path]
     rl, ev = config["rl"], config["eval"]
     world = str(inputs["world"] / "world")
     run_dir = scratch / "rl"
-    resume = run_dir.exists() and latest_checkpoint(run_dir) is not None
+    last = latest_checkpoint(run_dir) if run_dir.exists() else None
+    resume = last is not None
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)  # interrupted before its first checkpoint: start over
     cfg = dataclasses.replace(rl, init=str(inputs["warm_start"] / "model"), out=str(run_dir), world=world,
@@ -401,7 +421,8 @@ def rl_arm_stage(spec: ArmSpec, config: dict, out: Path, inputs: dict[str, Path]
         resume=resume)
     counts = _split_metrics(run_dir / "metrics.jsonl", out)
     shutil.copytree(model_dir, out / "model")
-    return {**counts, "train_s": time.perf_counter() - t0}
+    # provenance: the step an interrupted arm resumed from (None: ran from the start)
+    return {**counts, "train_s": time.perf_counter() - t0, "resumed_from_step": int(last.name[5:]) if resume else None}
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -457,13 +478,71 @@ def run_experiment(preset, out: str | Path, progress: bool = True) -> dict:
 
     Writes ``out/cache/`` (stage outputs), ``out/arms/<arm_id>/`` (the report's inputs),
     ``out/timings.json``, ``out/report.md``, ``out/report.json`` and ``out/figures/``.
+    Holds ``out/.lock`` while running (a second run into the same folder raises
+    :class:`RunFolderBusy`) and first deletes temp files left by an interrupted run.
     """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out) as locked:
+        if locked:
+            remove_stale_temps(out)
+        return _run_locked(preset, out, progress)
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold an exclusive lock on run folder ``out`` (``out/.lock``, released by the OS when
+    the process dies, even by SIGKILL). Two runs writing into one folder would race on the
+    same stage temp folders and checkpoints, so the second one fails with a clear error."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking, hence no stale-temp cleanup either
+        yield False
+        return
+    f = open(out / ".lock", "a+b")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderBusy(f"{out}: another `searchgym run` is writing into this folder "
+                                f"(it holds {out / '.lock'}); wait for it or pick another --out") from None
+        yield True
+    finally:
+        f.close()
+
+
+class RunFolderBusy(OSError):
+    """Another process holds the run folder's lock."""
+
+
+def _is_temp(name: str) -> bool:
+    # names made by fileio.atomic_path / atomic_dir: ".<name>.<random>.tmp" and ".<name>.old.<pid>"
+    return name.startswith(".") and (name.endswith(".tmp") or ".old." in name)
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete the temp files/folders an interrupted run left in ``out``, ``out/figures``
+    and ``out/cache`` (call only while holding :func:`run_lock`: then none is in use).
+    They are never read as results (readers skip dot-names), but they hold disk."""
+    removed = []
+    for base in (out, out / "figures", out / "cache"):
+        if not base.is_dir():
+            continue
+        for p in base.iterdir():
+            if _is_temp(p.name):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def _run_locked(preset, out: Path, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
     from searchgym import report
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cache = StageCache(out / "cache")
     ncpu = os.cpu_count() or 1
@@ -503,7 +582,10 @@ def run_experiment(preset, out: str | Path, progress: bool = True) -> dict:
     bar.update()
     bar.close()
 
-    # the report's inputs: exactly this run's arms
+    # the report's inputs: exactly this run's arms. An older report goes first, so a run
+    # killed before its new report is written leaves no report rather than a stale one.
+    for name in ("report.json", "report.md"):
+        (out / name).unlink(missing_ok=True)
     with atomic_dir(out / "arms") as tmp:
         for o in outcomes:
             d = tmp / o.spec.arm_id

@@ -17,6 +17,7 @@ written again) and any torn last line, so the log has no duplicates.
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
 import shutil
@@ -35,9 +36,13 @@ _STEP_RE = re.compile(r"^step_(\d{8})$")
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """The process's RNG states as plain Python values and tensors only, so that
+    ``torch.load(..., weights_only=True)`` can read them back (no pickled numpy objects)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of ints, None): allowed by weights_only
+        "numpy": {"kind": str(kind), "keys": [int(k) for k in keys], "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
         "generator": generator.get_state() if generator is not None else None,
     }
@@ -45,7 +50,9 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if generator is not None and state.get("generator") is not None:
         generator.set_state(state["generator"])
@@ -106,8 +113,13 @@ def load_checkpoint(path: str | Path, optimizer=None, scheduler=None, generator=
     f = path / "trainer_state.pt"
     if not f.is_file():
         raise FileNotFoundError(f"not a checkpoint (no trainer_state.pt): {path}")
-    # weights_only=False: the state holds python/numpy RNG tuples; the file is our own.
-    state = torch.load(f, map_location="cpu", weights_only=False)
+    # weights_only=True: a checkpoint folder may come from anywhere, and unpickling
+    # arbitrary objects runs code; the state holds only tensors and plain Python values.
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{f}: not a searchgym checkpoint state (holds objects that are not tensors or "
+                         f"plain values; written by an older version?): {str(exc).splitlines()[0]}") from None
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:

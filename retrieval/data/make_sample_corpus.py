@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from searchgym.retrieval.fileio import atomic_write_text
+
 # country, capital, continent, official language, currency
 COUNTRIES = [
     ("France", "Paris", "Europe", "French", "euro"),
@@ -214,7 +216,7 @@ def main() -> None:
         json.dumps({"id": str(i), "contents": f'"{title}"\n{body}'}, ensure_ascii=False)
         for i, (title, body) in enumerate(documents())
     ]
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(out, "\n".join(lines) + "\n")  # read back by the retriever: never torn
     print(f"wrote {len(lines)} documents to {out}")
 
 
