@@ -32,8 +32,9 @@ def count_tokens(text: str, tokenizer=None) -> int:
     return len(_WORDS.findall(text))
 
 
-def demo_record(traj: Trajectory, kind: str, tokenizer=None) -> dict:
-    """One demonstration line (see docs/contracts.md, agents)."""
+def demo_record(traj: Trajectory, kind: str, tokenizer=None, world: str | None = None) -> dict:
+    """One demonstration line (see docs/contracts.md, agents); ``world`` is the
+    :func:`~searchgym.envs.world.world_fingerprint` of the world it was played in."""
     turns = [{"action": t["action"], "observation": t["observation"]} for t in traj.turns]
     policy_text = "".join(t["action"] for t in turns)
     full = traj.transcript
@@ -46,6 +47,7 @@ def demo_record(traj: Trajectory, kind: str, tokenizer=None) -> dict:
         "valid_strategies": traj.valid_strategies,
         "num_policy_tokens": count_tokens(policy_text, tokenizer),
         "num_tokens": count_tokens(full, tokenizer),
+        "world": world,
     }
 
 
@@ -59,17 +61,44 @@ def demo_tokens(tokenizer, record: dict) -> EpisodeTokens:
     return tokenize_episode(tokenizer, prompt, turns)
 
 
-def load_demos(path: str | Path) -> list[dict]:
-    """Read a demonstration JSONL file (checks the fields SFT needs)."""
+def read_demo_lines(path: str | Path) -> list:
+    """The parsed lines of a demonstration JSONL file. Demo files are written atomically,
+    so a torn or non-JSON line is corruption: it raises naming file:line (never dropped)."""
     from searchgym.retrieval.fileio import read_jsonl
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"demonstration file not found: {path}")
-    recs = read_jsonl(path)
+    try:
+        return read_jsonl(path, skip_torn_tail=False)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def check_demos_world(records: Sequence[dict], path: str | Path, world_dir: str | Path) -> None:
+    """Raise ValueError if demos recorded a world (``"world"``) other than ``world_dir``'s.
+    Lines without the field (files from before it existed) are not checked."""
+    from searchgym.envs.world import world_fingerprint
+
+    want = world_fingerprint(world_dir)
+    for i, r in enumerate(records, start=1):
+        got = r.get("world") if isinstance(r, dict) else None
+        if got is not None and got != want:
+            raise ValueError(f"{path}:{i}: demonstration of world {got!r}, but the world is {world_dir} "
+                             f"({want!r}); build demos on this world with `searchgym demos --world {world_dir}`")
+
+
+def load_demos(path: str | Path, world_dir: str | Path | None = None) -> list[dict]:
+    """Read a demonstration JSONL file (checks the fields SFT needs, and the recorded
+    world against ``world_dir`` when given)."""
+    recs = read_demo_lines(path)
     for i, r in enumerate(recs, start=1):
-        if not isinstance(r.get("prompt"), str) or not isinstance(r.get("turns"), list):
+        if not isinstance(r, dict) or not isinstance(r.get("prompt"), str) or not isinstance(r.get("turns"), list):
             raise ValueError(f"{path}:{i}: a demonstration needs 'prompt' (str) and 'turns' (list)")
+    if not recs:
+        raise ValueError(f"{path}: no demonstrations")
+    if world_dir:
+        check_demos_world(recs, path, world_dir)
     return recs
 
 
@@ -119,6 +148,11 @@ def build_matched(world_dir: str | Path, n: int, split: str = "train", seed: int
     import random
 
     envs = envs or world_envs(world_dir, split, batch_size, index_kind, max_turns)
+    world = None
+    if world_dir is not None and (Path(world_dir) / "manifest.json").is_file():
+        from searchgym.envs.world import world_fingerprint
+
+        world = world_fingerprint(world_dir)
     nq = len(envs[0].unwrapped.questions)
     order = list(range(nq))
     random.Random(f"demos/{seed}").shuffle(order)  # spread slots over every family
@@ -141,7 +175,7 @@ def build_matched(world_dir: str | Path, n: int, split: str = "train", seed: int
                for kind, pol in pols.items()}
         for a, b in zip(res["narrow"], res["diverse"]):
             if a.correct and b.correct:
-                pool.append((demo_record(a, "narrow", tokenizer), demo_record(b, "diverse", tokenizer)))
+                pool.append((demo_record(a, "narrow", tokenizer, world), demo_record(b, "diverse", tokenizer, world)))
     chosen = _balance(pool, n)
     return {"narrow": [a for a, _ in chosen], "diverse": [b for _, b in chosen]}
 

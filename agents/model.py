@@ -212,16 +212,26 @@ def load_model(path: str | Path, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from safetensors import SafetensorError
+    from transformers import AutoConfig
+
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"model folder not found: {path}")
+        kind = "is a file, not a model folder" if path.exists() else "model folder not found"
+        raise FileNotFoundError(f"{path}: {kind}")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a model folder (no config.json)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
+        # the config first: a garbage config.json is then reported as such, not as a
+        # confusing tokenizer error
+        AutoConfig.from_pretrained(path, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, dtype=dtype or torch.float32
         )
-    except (OSError, ValueError) as exc:
-        raise OSError(f"cannot load a HF causal LM from {path}: {exc}") from None
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:  # a bad folder's errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"{path}: cannot load a HF causal LM ({first})") from None
     model.eval()
     return model, tokenizer

@@ -45,7 +45,11 @@ def parse_action(text: str, max_content_chars: int = 300) -> Action:
             return Action("invalid", error="unclosed tag: no </search> or </answer>")
         return Action("invalid", error="no <search>...</search> or <answer>...</answer> tag")
     kind = close.group(1)
-    opens = list(_OPEN.finditer(text, 0, close.start()))
+    opens = []
+    for m in _OPEN.finditer(text, 0, close.start()):
+        opens.append(m)
+        if len(opens) > 1:  # already invalid: don't collect every tag of a huge input
+            break
     if not opens:
         return Action("invalid", error=f"</{kind}> without an opening <{kind}>")
     if len(opens) > 1:

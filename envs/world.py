@@ -583,6 +583,16 @@ def read_manifest(world_dir: str | Path) -> dict:
     return m
 
 
+def world_fingerprint(world_dir: str | Path) -> str:
+    """A short id of a world's content, ``<preset>-s<seed>-g<version>:<corpus sha256[:12]>``:
+    files derived from a world (demonstrations) record it so they are not used with another
+    world by mistake. Readable on purpose: mismatch errors show both."""
+    m = read_manifest(world_dir)
+    cfg = m.get("config") or {}
+    return (f"{cfg.get('preset', '?')}-s{cfg.get('seed', '?')}-g{m.get('generator_version', '?')}:"
+            f"{str(m.get('corpus_sha256', ''))[:12]}")
+
+
 def load_questions(world_dir: str | Path, split: str) -> list[Question]:
     """The questions of one split of a world directory."""
     if split not in SPLITS:

@@ -22,9 +22,15 @@ def read_records(path: str | Path) -> tuple[list[dict], list[str]]:
     """Read a JSONL file of episode records; returns (records, ``file:line`` per record).
     A malformed line or a line that is not a JSON object raises ValueError naming file:line."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: rollouts file not found")
     records, where = [], []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text ({exc.reason})") from None
             if not line.strip():
                 continue
             try:
@@ -50,6 +56,8 @@ def _run(args) -> int:
     from .summary import summarize_rollouts
 
     records, where = read_records(args.rollouts)
+    if not records:
+        raise ValueError(f"{args.rollouts}: no episode records")
     res = summarize_rollouts(
         records, k=args.k, vendi=args.vendi, where=where, er_window=args.er_window, erv_stride=args.stride
     )

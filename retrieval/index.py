@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from searchgym.retrieval.base import Document, read_corpus, write_corpus
+from searchgym.retrieval.base import CorpusFormatError, Document, read_corpus, write_corpus
 from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
 
 FORMAT = "searchgym-index"
@@ -83,7 +83,10 @@ def build_index(
         source = Path(corpus)
         if not source.is_file():
             raise FileNotFoundError(f"{source}: corpus file does not exist")
-        documents = list(read_corpus(source))  # validates every line (file:line on error)
+        try:
+            documents = list(read_corpus(source))  # validates every line (file:line on error)
+        except UnicodeDecodeError as exc:
+            raise CorpusFormatError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     else:
         documents = list(corpus)
     if not documents:
@@ -203,7 +206,7 @@ def _load_uncached(index_dir: Path, encoder, cache_size: int, verify: bool):
     import faiss
 
     from searchgym.retrieval.dense import DenseRetriever, apply_search_params
-    from searchgym.retrieval.encoder import Encoder
+    from searchgym.retrieval.encoder import DEFAULT_ENCODER_NAME, Encoder
 
     faiss_path = index_dir / FAISS_FILE
     try:
@@ -218,6 +221,13 @@ def _load_uncached(index_dir: Path, encoder, cache_size: int, verify: bool):
         raise IndexFormatError(f"{faiss_path}: holds {index.ntotal} vectors but the manifest says {len(documents)} documents")
     apply_search_params(index, manifest["index_type"], manifest.get("index_params") or {})
     spec = manifest["encoder"] or {}
+    if encoder is None and not spec.get("path") and spec.get("name") not in (None, DEFAULT_ENCODER_NAME):
+        # no path recorded means "the bundled encoder": a manifest naming another one was
+        # built elsewhere (or copied from another index) and would be queried with the wrong model
+        raise IndexFormatError(
+            f"{index_dir / MANIFEST}: built with encoder {spec['name']!r} but records no encoder path; "
+            f"pass the encoder folder (encoder=...) or rebuild the index"
+        )
     enc = Encoder(
         encoder if encoder is not None else spec.get("path"),
         query_prefix=spec.get("query_prefix", ""),

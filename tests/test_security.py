@@ -221,3 +221,21 @@ def test_checkpoint_with_pickled_objects_is_refused_without_running_them(tmp_pat
     with pytest.raises(ValueError, match="not a searchgym checkpoint state"):
         load_checkpoint(ck)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_checkpoint_state_is_a_clear_error(tmp_path, damage):
+    """A truncated or overwritten trainer_state.pt is a ValueError naming the file (the
+    CLI prints it as one line), not torch's bare RuntimeError."""
+    import torch
+
+    from searchgym.training.checkpoint import load_checkpoint, save_checkpoint
+
+    model = _tiny_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ck = save_checkpoint(tmp_path, 1, model, None, opt, metrics_offset=0)
+    f = ck / "trainer_state.pt"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 64)
+    with pytest.raises(ValueError, match="trainer_state.pt"):
+        load_checkpoint(ck, torch.optim.AdamW(_tiny_model().parameters(), lr=1e-3))

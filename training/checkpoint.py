@@ -120,6 +120,9 @@ def load_checkpoint(path: str | Path, optimizer=None, scheduler=None, generator=
     except pickle.UnpicklingError as exc:
         raise ValueError(f"{f}: not a searchgym checkpoint state (holds objects that are not tensors or "
                          f"plain values; written by an older version?): {str(exc).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError) as exc:  # truncated or corrupt zip archive
+        raise ValueError(f"{f}: unreadable checkpoint state (truncated or corrupt): "
+                         f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:

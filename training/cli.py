@@ -69,11 +69,8 @@ def _run_sft(args) -> int:
 
     base = dict(SFT_PRESETS[args.preset])
     if args.config:
-        import dataclasses
-
-        file_cfg = load_yaml_config(SFTConfig, args.config, prefix="sft")
-        given = _yaml_keys(args.config)
-        base = _merge(base, {k: v for k, v in dataclasses.asdict(file_cfg).items() if k in given})
+        load_yaml_config(SFTConfig, args.config, prefix="sft")  # strict check, naming file and key
+        base = _merge(base, _yaml_data(args.config))
     over = {"model": args.model, "demos": args.demos, "out": args.out, "world": args.world}
     for k in ("epochs", "max_steps", "seed", "threads"):
         if getattr(args, k) is not None:
@@ -89,12 +86,14 @@ def _run_sft(args) -> int:
     return 0
 
 
-def _yaml_keys(path) -> set[str]:
+def _yaml_data(path) -> dict:
+    """The mapping of a YAML config already checked by ``load_yaml_config``. Merged as
+    written (not via the dataclass) so a nested section that gives some keys keeps the
+    preset's values for the others: ``optim: {lr: 0.1}`` leaves the preset's warmup alone."""
     import yaml
 
     with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    return set(data)
+        return yaml.safe_load(f) or {}
 
 
 def _run_rl(args) -> int:
@@ -117,11 +116,8 @@ def _run_rl(args) -> int:
 
     base = dict(RL_PRESETS[args.preset])
     if args.config:
-        import dataclasses
-
-        file_cfg = load_yaml_config(RLConfig, args.config, prefix="rl")
-        given = _yaml_keys(args.config)
-        base = _merge(base, {k: v for k, v in dataclasses.asdict(file_cfg).items() if k in given})
+        load_yaml_config(RLConfig, args.config, prefix="rl")  # strict check, naming file and key
+        base = _merge(base, _yaml_data(args.config))
     over = {}
     for k in ("init", "objective", "out", "world", "steps", "seed", "threads"):
         if getattr(args, k, None) is not None:

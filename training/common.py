@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,9 @@ def set_threads(n: int) -> None:
 
 def load_model(path: str | Path):
     """(model, tokenizer) from a HF folder, float32, offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from searchgym.agents.model import load_model as _load  # one loader: same checks and errors
 
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"not a model folder (no config.json): {p}")
-    tok = AutoTokenizer.from_pretrained(p)
-    model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32)
+    model, tok = _load(path, dtype=torch.float32)
     return model, tok
 
 

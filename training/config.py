@@ -233,6 +233,11 @@ def dataclass_from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str =
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
             raise ValueError(f"unknown config key {dotted!r}; known: {', '.join(fields)}")
+        f = fields[key]
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[key]) and f.default_factory is not dataclasses.MISSING:
+            # a partial section overlays the field's own default (RLConfig.optim: lr 2e-4, no
+            # warmup), not the nested class's defaults
+            value = {**dataclasses.asdict(f.default_factory()), **value}
         kwargs[key] = _check_value(hints[key], value, dotted)
     return cls(**kwargs)
 
@@ -253,7 +258,10 @@ def load_yaml_config(cls: type[T], path: str | Path, prefix: str = "") -> T:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        why = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ValueError(f"{path}: not valid YAML ({where}{why})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -41,7 +41,11 @@ from searchgym.training.update import (
     PaddedBatch, compute_advantages, forward_logprobs, pad_batch, policy_hidden_states, ppo_update,
 )
 
-__all__ = ["train_rl", "StepHook", "RLTrainer"]
+__all__ = ["train_rl", "StepHook", "RLTrainer", "RESUME_MAY_CHANGE"]
+
+#: RLConfig fields a resumed run may change (where and how long it runs, not what it
+#: trains); any other difference from the run's config.json refuses the resume.
+RESUME_MAY_CHANGE = ("out", "steps", "threads", "save_every", "keep_last", "tensorboard")
 
 #: A per-step metrics hook: gets the step's trajectories (with ``hidden_states`` filled
 #: when ``RLConfig.hidden_states`` is on), returns extra scalar fields for metrics.jsonl.
@@ -72,10 +76,19 @@ class RLTrainer:
         self.progress = progress
         self.out = Path(config.out)
         set_threads(config.threads)
+        from searchgym.envs.env import EnvConfig
+
+        try:  # checked here, before minutes of loading, naming the config key
+            EnvConfig.from_kwargs(**{"max_turns": config.max_turns, **config.env_kwargs})
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"rl.env_kwargs: {exc}") from None
         info = read_train_info(config.init)
         self.world = config.world or info.get("world", "")
         self.retriever = config.retriever or info.get("retriever", "")
-        self.objective = make_objective(config.objective, config.objective_overrides)
+        try:
+            self.objective = make_objective(config.objective, config.objective_overrides)
+        except ValueError as exc:
+            raise ValueError(f"rl.objective_overrides: {exc}" if config.objective_overrides else str(exc)) from None
         self.model, self.tokenizer = load_model(config.init)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.ref_model = None
@@ -95,13 +108,43 @@ class RLTrainer:
         self.writer = None
 
     # ------------------------------------------------------------------ state
+    def _check_resume_config(self) -> None:
+        """Refuse to resume a run written with another config (objective, model, world,
+        hyper-parameters): the message lists every field that differs."""
+        path = self.out / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing, so the checkpoints in {self.out} cannot be checked "
+                                    "against this config; refusing to resume (use a new --out)")
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc}); refusing to resume") from None
+        now = json.loads(json.dumps({"rl": dataclass_to_dict(self.cfg), "world": self.world}, default=str))
+
+        def flat(d, prefix=""):
+            out = {}
+            for k, v in (d.items() if isinstance(d, dict) else ()):
+                key = f"{prefix}{k}"
+                # objective_overrides / env_kwargs are free-form maps: compared whole
+                out.update(flat(v, key + ".") if isinstance(v, dict) and k in ("rl", "optim") else {key: v})
+            return out
+
+        a, b = flat(saved), flat(now)
+        for d in (a, b):  # the resolved world ("world") is what matters, not how it was given
+            d.pop("rl.world", None)
+        diffs = [f"{k}: {a.get(k, '(unset)')!r} in the run, {b.get(k, '(unset)')!r} now"
+                 for k in sorted(set(a) | set(b))
+                 if a.get(k) != b.get(k) and k.removeprefix("rl.").split(".")[0] not in RESUME_MAY_CHANGE]
+        if diffs:
+            raise ValueError(f"{self.out} was written with another config; refusing to resume. "
+                             f"Differing fields: {'; '.join(diffs)}")
+
     def _resume(self) -> bool:
         ck = latest_checkpoint(self.out)
         if ck is None:
             return False
-        from transformers import AutoModelForCausalLM
-
-        self.model = AutoModelForCausalLM.from_pretrained(ck / "model", dtype=torch.float32)
+        self._check_resume_config()
+        self.model, _ = load_model(ck / "model")
         self.optimizer = make_optimizer(self.model, self.cfg.optim)
         updates = self.cfg.steps * self.cfg.ppo_epochs * self.cfg.num_minibatches
         self.scheduler = make_scheduler(self.optimizer, self.cfg.optim.warmup_steps, updates,

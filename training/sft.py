@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from searchgym.retrieval.fileio import append_jsonl, read_jsonl
+from searchgym.retrieval.fileio import append_jsonl
 from searchgym.training.common import (
     evaluate, load_model, make_envs, make_optimizer, make_scheduler, save_model, set_threads,
 )
@@ -28,16 +28,20 @@ from searchgym.training.update import forward_logprobs, pad_batch
 __all__ = ["train_sft", "load_demo_episodes", "length_buckets", "sft_loss"]
 
 
-def load_demo_episodes(path: str | Path, tokenizer) -> list[tuple[list[int], list[int]]]:
+def load_demo_episodes(path: str | Path, tokenizer, world: str | Path = "") -> list[tuple[list[int], list[int]]]:
     """(input ids, per-token loss mask) of every demo line, tokenised exactly as the
-    rollout engine lays out episodes (``searchgym.agents.episode.demo_tokens``)."""
+    rollout engine lays out episodes (``searchgym.agents.episode.demo_tokens``). A torn or
+    malformed line raises naming file:line; with ``world``, demos recorded on another
+    world raise (``searchgym.agents.demos.check_demos_world``)."""
+    from searchgym.agents.demos import check_demos_world, read_demo_lines
     from searchgym.agents.episode import tokenize_episode
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"demonstration file not found: {path}")
+    records = read_demo_lines(path)
+    if world:
+        check_demos_world(records, path, world)
     out = []
-    for i, rec in enumerate(read_jsonl(path)):
+    for i, rec in enumerate(records):
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not isinstance(rec.get("turns"), list):
             raise ValueError(f"{path}:{i + 1}: a demo line needs 'prompt' (str) and 'turns' (list)")
         try:
@@ -82,15 +86,18 @@ def train_sft(config: SFTConfig, progress: bool = True) -> Path:
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
+    # every input is checked before the output folder is touched (demos first: no model load)
+    from searchgym.agents.demos import load_demos
+
+    load_demos(config.demos, config.world or None)
+    model, tok = load_model(config.model)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    episodes = load_demo_episodes(config.demos, tok)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "sft_log.jsonl"
     if log.exists():
         log.unlink()
-
-    model, tok = load_model(config.model)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    episodes = load_demo_episodes(config.demos, tok)
     kept = [e for e in episodes if len(e[0]) <= config.max_seq_len]
     dropped = len(episodes) - len(kept)
     if not kept:
