@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 OBJECTIVES_ALL = ("grpo", "entropy_bonus", "clip_higher", "clip_cov", "kl_cov", "forking_tokens", "er_shaped")
-#: What `small` keeps when the full arm set cannot fit its time budget (issue #6).
-OBJECTIVES_CORE = ("grpo", "clip_cov", "kl_cov", "forking_tokens", "er_shaped")
 WARM_STARTS = ("diverse", "narrow")
 
 
@@ -110,15 +108,10 @@ def get_preset(name: str) -> Preset:
             rl=rl_preset("small", steps=30, hidden_states=True, eval_every=0, tensorboard=False,
                          temperature=0.7, train_family="multi_hop"),
             eval=EvalConfig(questions=16, samples=4, k=4, every=10, temperature=0.7),
-            objectives=OBJECTIVES_CORE,
+            # all 7 objectives x 2 warm starts x 2 seeds: measured 2,595 s for the two SFT
+            # warm starts (534 + 483 s, one after the other on 2 threads) and 20 arms (1,578 s on
+            # 2 single-thread workers, ~158 s per arm); the 8 further arms add ~630 s: ~54 min.
             seeds=(0, 1),
-            notes=(
-                "small runs the core objectives (grpo, clip_cov, kl_cov, forking_tokens, er_shaped) "
-                "for both warm starts: one RL arm measured 260 s with 2 workers on 2 cores, so all 7 "
-                "objectives x 2 warm starts x 2 seeds (28 arms, ~61 min) plus the two SFT warm starts "
-                "(~7 min) do not fit the 60-minute budget. entropy_bonus and clip_higher run in "
-                "`--preset full` or with `searchgym run --arms entropy_bonus clip_higher`.",
-            ),
         )
         if name == "small":
             return small
@@ -126,7 +119,7 @@ def get_preset(name: str) -> Preset:
         return replace(
             small, name="full", rl=replace(small.rl, steps=100),
             eval=replace(small.eval, questions=32, samples=8, k=8, every=20),
-            objectives=OBJECTIVES_ALL, seeds=(0, 1, 2), notes=(),
+            seeds=(0, 1, 2),
         )
     raise ValueError(f"unknown preset {name!r}; choose from smoke, small, full")
 

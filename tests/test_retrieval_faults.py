@@ -23,9 +23,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from searchgym.retrieval import Hit, build_index, load_retriever, sample_corpus_path
+from searchgym.retrieval import Hit, load_retriever
 from searchgym.retrieval.client import RemoteRetriever, RetrievalRequestError
-from searchgym.retrieval.server import RequestError, ServerConfig, create_app, decode_request, parse_request, uvicorn_options
+from searchgym.retrieval.server import RequestError, ServerConfig, create_app, decode_request, parse_request
+
+from live_server import LiveServer
 
 torch.set_num_threads(1)
 
@@ -83,43 +85,6 @@ class ServerProcess:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-class LiveServer:
-    """uvicorn in a background thread (same process: lets a test watch what the server does)."""
-
-    def __init__(self, app, config: ServerConfig):
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error", access_log=False, **uvicorn_options(config)))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
-            assert time.time() < deadline and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory):
-    return build_index(sample_corpus_path(), tmp_path_factory.mktemp("faults") / "dense", progress=False)
-
-
-@pytest.fixture(scope="module")
-def reference(index_dir):
-    """Independent in-process retriever (private instance, no cache): the ground truth."""
-    return load_retriever(index_dir, shared=False, cache_size=0)
 
 
 @pytest.fixture(scope="module")

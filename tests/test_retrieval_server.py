@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 
 import httpx
@@ -14,51 +13,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from searchgym.retrieval import build_index, load_retriever, sample_corpus_path
+from searchgym.retrieval import load_retriever
 from searchgym.retrieval.client import RemoteRetriever, RetrievalRequestError
 from searchgym.retrieval.server import ServerConfig, create_app
 
+from live_server import LiveServer
+
 torch.set_num_threads(1)
-
-
-class LiveServer:
-    """A real uvicorn server in a background thread, on a free 127.0.0.1 port."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory):
-    return build_index(sample_corpus_path(), tmp_path_factory.mktemp("srv") / "dense", progress=False)
-
-
-@pytest.fixture(scope="module")
-def reference(index_dir):
-    """An independent in-process retriever (own instance, no cache) to compare against."""
-    return load_retriever(index_dir, shared=False, cache_size=0)
 
 
 @pytest.fixture(scope="module")
