@@ -116,3 +116,34 @@ def print_table(headers: list[str], rows: list[list]) -> None:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
         if j == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def rl_bench_setup(description: str, default_steps: int) -> tuple:
+    """Shared start of the RL-step benchmarks: parse ``--quick/--steps/--init``, use one
+    torch thread, and return ``(args, world, init)`` on the smoke world with its dense
+    index (``init``: ``--init``, else an untrained model for ``--quick``, else a cached
+    quick SFT warm start)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help="2 steps of 2x2 episodes from an untrained model")
+    ap.add_argument("--steps", type=int, default=default_steps)
+    ap.add_argument("--init", default="", help="warm start to use (default: a cached quick SFT)")
+    args = ap.parse_args()
+    if args.quick:
+        args.steps = 2
+
+    import torch
+
+    torch.set_num_threads(1)
+    from searchgym.envs.world import ensure_index, ensure_world
+
+    world = ensure_world("smoke", 0)
+    ensure_index(world, "dense")
+    if args.init:
+        init = Path(args.init)
+    elif args.quick:
+        init = ensure_init_model(world, "small")
+    else:
+        init = ensure_sft_model(world, "small")
+    return args, world, init

@@ -21,18 +21,16 @@ update phases.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, ensure_init_model, ensure_sft_model, print_table  # noqa: E402
+from _common import emit, print_table, rl_bench_setup  # noqa: E402
 from trainer_step import base_config  # noqa: E402
 
 
@@ -41,29 +39,10 @@ def differing_mean(recs: list[dict], use: list[int], fn) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2 steps of 2x2 episodes from an untrained model")
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--init", default="", help="warm start to use (default: a cached quick SFT)")
-    args = ap.parse_args()
-    if args.quick:
-        args.steps = 2
-
-    import torch
-
-    torch.set_num_threads(1)
-    from searchgym.envs.world import ensure_index, ensure_world
+    args, world, init = rl_bench_setup(__doc__.splitlines()[0], default_steps=5)
     from searchgym.experiment import StepMetricsHook
     from searchgym.training.rl import RLTrainer
 
-    world = ensure_world("smoke", 0)
-    ensure_index(world, "dense")
-    if args.init:
-        init = Path(args.init)
-    elif args.quick:
-        init = ensure_init_model(world, "small")
-    else:
-        init = ensure_sft_model(world, "small")
     tmp = Path(tempfile.mkdtemp(prefix="sg-bench-mcost-"))
     try:
         base = dataclasses.replace(base_config(args.quick, args.steps, str(init), "", str(world)), kl_coef=0.0)
