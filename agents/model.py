@@ -210,10 +210,8 @@ def init_model(
 def load_model(path: str | Path, dtype=None):
     """Load (model, tokenizer) from a local HF folder, offline. The model is in eval mode."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from safetensors import SafetensorError
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     if not path.is_dir():

@@ -35,7 +35,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from searchgym.agents.decoding import GQA_SDPA, gqa_attention, preallocated_cache
 from searchgym.agents.episode import encode_prompt, encode_text, segment_labels, tag_ids
 
 
@@ -280,6 +279,12 @@ class RolloutEngine:
                  step_batch: Callable | None = None):
         import torch
 
+        # torch/transformers load with the engine, not with `import searchgym.agents.rollout`
+        # (Trajectory users such as scripted agents need neither)
+        from searchgym.agents import decoding
+
+        self.decoding = decoding
+
         self.torch = torch
         self.model = model
         self.tokenizer = tokenizer
@@ -376,7 +381,7 @@ class RolloutEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode(), gqa_attention(self.model):
+            with torch.inference_mode(), self.decoding.gqa_attention(self.model):
                 active = list(rows)
                 while active:
                     t0 = time.perf_counter()
@@ -546,7 +551,7 @@ class RolloutEngine:
         return valid[:, None, None, :] if self._bool_mask_ok() else valid.long()
 
     def _bool_mask_ok(self) -> bool:
-        return getattr(self.model.config, "_attn_implementation", None) in ("sdpa", GQA_SDPA)
+        return getattr(self.model.config, "_attn_implementation", None) in ("sdpa", self.decoding.GQA_SDPA)
 
     def _build_cache(self, rows: list[_Row], P: int, capacity: int):
         """A cache holding each row's saved KV, left-padded to ``P`` columns, with room for
@@ -559,7 +564,7 @@ class RolloutEngine:
             dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
             dtype = next(self.model.parameters()).dtype
             empty = torch.zeros((len(rows), heads, 0, dim), dtype=dtype)
-            return preallocated_cache(self.model, [(empty, empty)] * cfg.num_hidden_layers, capacity)
+            return self.decoding.preallocated_cache(self.model, [(empty, empty)] * cfg.num_hidden_layers, capacity)
         data = []
         for li, (k0, v0) in enumerate(ref):
             _, H, _, D = k0.shape
@@ -573,7 +578,7 @@ class RolloutEngine:
             data.append((K, V))
         for r in rows:
             r.kv = None  # now owned by the batch cache
-        return preallocated_cache(self.model, data, capacity)
+        return self.decoding.preallocated_cache(self.model, data, capacity)
 
     def _sample(self, logits, rows: list[_Row]):
         """(token ids, log-probs, entropies) for each row's next token."""
