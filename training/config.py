@@ -86,14 +86,26 @@ class SFTConfig:
     seed: int = 0
     threads: int = 0  # torch threads (0 = leave torch's default)
     time_budget_s: float = 0.0  # > 0 stops training early (evaluating at the end)
+    # smoothing epsilon of the cross-entropy (torch's label_smoothing: eps spread uniformly
+    # over the whole vocabulary); 0 = plain NLL
+    label_smoothing: float = 0.0
+    # epochs the LR schedule spans (0 = ``epochs``); with schedule_epochs > epochs training
+    # stops part-way through a longer cosine, which reproduces the epoch-k checkpoint of a
+    # longer run exactly (same batches, same learning rates)
+    schedule_epochs: int = 0
+    save_epochs: bool = False  # also save <out>/epochs/epoch-<k>/ after every epoch
 
     def validate(self) -> None:
         for k in ("epochs", "batch_size", "max_seq_len", "eval_questions"):
             if getattr(self, k) < 1:
                 raise ValueError(f"sft.{k} must be >= 1, got {getattr(self, k)}")
-        for k in ("max_steps", "eval_every", "threads"):
+        for k in ("max_steps", "eval_every", "threads", "schedule_epochs"):
             if getattr(self, k) < 0:
                 raise ValueError(f"sft.{k} must be >= 0, got {getattr(self, k)}")
+        if self.schedule_epochs and self.schedule_epochs < self.epochs:
+            raise ValueError(f"sft.schedule_epochs ({self.schedule_epochs}) must be 0 or >= sft.epochs ({self.epochs})")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"sft.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         self.optim.validate("sft.optim")
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 from searchgym.retrieval.fileio import append_jsonl
 from searchgym.training.common import (
@@ -65,17 +67,38 @@ def length_buckets(lengths: list[int], batch_size: int, rng: random.Random) -> l
     return batches
 
 
-def sft_loss(model, input_ids, attention_mask, response_mask) -> torch.Tensor:
-    """Token-mean NLL over policy tokens (label-aligned ``response_mask``)."""
-    logp, _, _ = forward_logprobs(model, input_ids, attention_mask, with_entropy=False, positions=response_mask)
-    return -(logp * response_mask).sum() / response_mask.sum().clamp_min(1.0)
+def sft_loss(model, input_ids, attention_mask, response_mask, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Token-mean NLL over policy tokens (label-aligned ``response_mask``).
+
+    With ``label_smoothing`` eps > 0: torch's smoothed cross-entropy,
+    ``(1 - eps) * NLL + eps * mean over the vocabulary of -log p`` (its optimum puts
+    ``eps / V`` on every token), same token mean over policy tokens.
+    """
+    if label_smoothing <= 0:
+        logp, _, _ = forward_logprobs(model, input_ids, attention_mask, with_entropy=False, positions=response_mask)
+        return -(logp * response_mask).sum() / response_mask.sum().clamp_min(1.0)
+    # decoder once, LM head on the policy positions only (as forward_logprobs does)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    sel = response_mask > 0
+    if not bool(sel.any()):
+        return hidden.sum() * 0.0
+    logits = model.get_output_embeddings()(hidden[:, :-1, :][sel]).float()
+    return F.cross_entropy(logits, input_ids[:, 1:][sel], label_smoothing=label_smoothing)
 
 
-def train_sft(config: SFTConfig, progress: bool = True) -> Path:
+#: ``on_epoch_end(model, tokenizer, epoch, step) -> dict | None``: called after every full
+#: epoch (model in train mode; the hook may switch modes, training restores train mode).
+EpochHook = Callable[[Any, Any, int, int], "dict | None"]
+
+
+def train_sft(config: SFTConfig, progress: bool = True, on_epoch_end: EpochHook | None = None) -> Path:
     """Fine-tune ``config.model`` on ``config.demos``; returns ``<out>/model``.
 
     Writes ``<out>/sft_log.jsonl`` (train loss per step, validation results) and the model
     with ``searchgym_train.json`` (world, config, final validation accuracy, wall time).
+    With ``config.save_epochs`` also ``<out>/epochs/epoch-<k>/`` after every full epoch k.
+    ``on_epoch_end`` (see :data:`EpochHook`) runs after every full epoch; a dict it returns
+    is logged as ``{"epoch": k, "step": s, **dict}``.
     """
     config.validate()
     for key in ("model", "demos", "out"):
@@ -107,9 +130,10 @@ def train_sft(config: SFTConfig, progress: bool = True) -> Path:
     total = steps_per_epoch * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
+    schedule_total = steps_per_epoch * config.schedule_epochs if config.schedule_epochs else total
 
     optimizer = make_optimizer(model, config.optim)
-    scheduler = make_scheduler(optimizer, config.optim.warmup_steps, total, config.optim.min_lr_ratio)
+    scheduler = make_scheduler(optimizer, config.optim.warmup_steps, schedule_total, config.optim.min_lr_ratio)
     val_envs = None
 
     def validate(step: int) -> dict:
@@ -128,18 +152,30 @@ def train_sft(config: SFTConfig, progress: bool = True) -> Path:
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc="sft", unit="step", dynamic_ncols=True)
-    step, last_val = 0, None
+    def end_epoch(epoch: int, step: int) -> None:
+        if config.save_epochs:
+            save_model(model, tok, out / "epochs" / f"epoch-{epoch}", {
+                "world": config.world, "retriever": config.retriever, "base_model": config.model,
+                "demos": config.demos, "epoch": epoch, "steps": step, "sft": dataclass_to_dict(config)})
+        if on_epoch_end is not None:
+            rec = on_epoch_end(model, tok, epoch, step)
+            model.train()
+            if rec:
+                append_jsonl(log, {"epoch": epoch, "step": step, **rec})
+
+    step, last_val, epoch = 0, None, 0
     model.train()
     try:
         while step < total:
+            stopped = False
             for idx in length_buckets(lengths, config.batch_size, rng):
                 if step >= total:
                     break
                 if config.time_budget_s and time.perf_counter() - t_start > config.time_budget_s:
-                    total = step
+                    total, stopped = step, True
                     break
                 b = pad_batch([kept[i][0] for i in idx], [kept[i][1] for i in idx], pad_id)
-                loss = sft_loss(model, b.input_ids, b.attention_mask, b.response_mask)
+                loss = sft_loss(model, b.input_ids, b.attention_mask, b.response_mask, config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 gn = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
@@ -158,6 +194,11 @@ def train_sft(config: SFTConfig, progress: bool = True) -> Path:
                 if config.eval_every and step % config.eval_every == 0 and step < total:
                     last_val = validate(step)
                     model.train()
+                if step % steps_per_epoch == 0:
+                    epoch += 1
+                    end_epoch(epoch, step)
+            if stopped:
+                break
     finally:
         if bar is not None:
             bar.close()
