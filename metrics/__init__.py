@@ -32,6 +32,13 @@ _EXPORTS = {
         'spearman_ci'
     ], 'stats'),
     **dict.fromkeys([
+        'BootstrapResult', 'CONTRADICTED', 'CorrelationResult', 'EquivalenceResult', 'INCONCLUSIVE',
+        'LawBootstrap', 'SUPPORTED', 'Verdict', 'change_correlation', 'equivalence_test',
+        'fit_entropy_law_bootstrap', 'hierarchical_bootstrap', 'min_detectable_difference',
+        'pair_differences', 'paired_difference', 'repeated_measures_correlation', 'verdict',
+        'verdict_rule'
+    ], 'stats'),
+    **dict.fromkeys([
         'RecordError', 'summarize_rollouts'
     ], 'summary'),
 }
