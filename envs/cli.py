@@ -1,8 +1,10 @@
-"""CLI: ``searchgym world`` (generate), ``searchgym world check DIR``, ``searchgym envs list``."""
+"""CLI: ``searchgym world`` (generate), ``searchgym world check DIR``, ``searchgym envs list``,
+``searchgym task add FILE | list | rm NAME`` (persistent user tasks under ``$SEARCHGYM_HOME/tasks``)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_commands(sub) -> None:
@@ -28,17 +30,39 @@ def add_commands(sub) -> None:
     lst = esub.add_parser("list", help="print the registered env ids", description="Print the registered env ids.")
     lst.set_defaults(func=_list)
 
+    t = sub.add_parser("task", help="store, list or remove user tasks (YAML task files)",
+                       description="User tasks: a YAML task file names the QA file(s), the corpus or index, the "
+                       "retriever, the env settings and the prompt. Stored tasks live under $SEARCHGYM_HOME/tasks and "
+                       "are registered as searchgym/<name> in every process (CLI commands, Ray workers).")
+    tsub = t.add_subparsers(dest="task_command", metavar="SUBCOMMAND", required=True)
+    add = tsub.add_parser("add", help="validate a task file and store it", description="Validate a YAML task file "
+                          "(paths relative to it) and store it as $SEARCHGYM_HOME/tasks/<name>.yaml.")
+    add.add_argument("file", help="task YAML (keys: name, qa, corpus | index, retriever, encoder, query_prefix, "
+                     "passage_prefix, prompt, env, data_sources, description)")
+    add.add_argument("--force", action="store_true", help="replace a different stored task of the same name")
+    add.set_defaults(func=_task_add)
+    tl = tsub.add_parser("list", help="print the user tasks (stored and from packages)")
+    tl.add_argument("--json", action="store_true", help="print the records as JSON")
+    tl.set_defaults(func=_task_list)
+    rm = tsub.add_parser("rm", help="remove a stored task")
+    rm.add_argument("name", help="task name (the part after searchgym/)")
+    rm.set_defaults(func=_task_rm)
+
 
 def _world(args: argparse.Namespace) -> int:
     import time
 
     from searchgym.envs import world as W
 
+    from searchgym.retrieval.fileio import check_output
+
     cfg = W.WorldConfig(preset=args.preset, seed=args.seed, distractor_rate=args.distractor_rate)
+    if args.out:  # refuse a foreign folder before spending time on generation
+        check_output(args.out, W.is_world_dir, W.WORLD_MARKER, force=getattr(args, "force", False))
     t0 = time.perf_counter()
     world = W.generate_world(cfg)
     out = args.out or W.default_world_dir(args.preset, args.seed)
-    W.write_world(world, out)
+    W.write_world(world, out, force=getattr(args, "force", False))
     n = {s: len(q) for s, q in world.questions.items()}
     print(f"wrote {out}: {len(world.documents)} documents, {len(world.entities)} entities, "
           f"questions {n} in {time.perf_counter() - t0:.2f}s")
@@ -74,4 +98,41 @@ def _list(args: argparse.Namespace) -> int:
         d = describe(env_id)
         extra = ", ".join(f"{k}={v}" for k, v in d.items() if k != "id")
         print(f"{env_id}\t{extra}")
+    return 0
+
+
+def _task_add(args: argparse.Namespace) -> int:
+    from searchgym.envs.registry import read_task_file, save_task
+
+    spec = read_task_file(args.file)
+    path = save_task(spec, force=args.force)
+    n = len(set(spec.qa.values()))
+    print(f"stored task {spec.env_id} in {path} ({n} QA file(s), {'index' if Path(spec.corpus_or_index).is_dir() else 'corpus'} "
+          f"{spec.corpus_or_index}, {spec.retriever}, prompt={spec.prompt}, doc_chars={spec.config.doc_chars})")
+    return 0
+
+
+def _task_list(args: argparse.Namespace) -> int:
+    import json
+
+    from searchgym.envs.registry import load_persistent_tasks, user_tasks
+
+    load_persistent_tasks()
+    specs = sorted(user_tasks(), key=lambda s: s.name)
+    if args.json:
+        print(json.dumps([{**s.to_record(), "source": s.source} for s in specs], indent=2))
+        return 0
+    if not specs:
+        print("no user tasks (add one with `searchgym task add FILE`)")
+    for s in specs:
+        src = s.corpus_or_index
+        print(f"{s.env_id}\t{s.retriever} over {src}\tqa {sorted(set(s.qa.values()))}\t(from {s.source})")
+    return 0
+
+
+def _task_rm(args: argparse.Namespace) -> int:
+    from searchgym.envs.registry import remove_task
+
+    path = remove_task(args.name)
+    print(f"removed task searchgym/{args.name} ({path})")
     return 0

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.vector.utils import read_from_shared_memory
 
 from searchgym.envs.parser import Action, parse_action
 from searchgym.envs.reward import get_reward
@@ -105,6 +106,45 @@ class UnicodeText(spaces.Text):
         return isinstance(other, UnicodeText) and (self.min_length, self.max_length) == (other.min_length, other.max_length)
 
 
+class SharedTextBatch(Sequence):
+    """The texts of ``n`` envs in an ``AsyncVectorEnv`` shared-memory block, decoded on access.
+
+    gymnasium reads the shared block once, at start-up, and returns (a deep copy of) that
+    object after every step; for ``spaces.Text`` it builds a tuple of str, which freezes
+    the start-up contents (all index 0: tab characters). This view decodes the current
+    contents instead; a deep copy (what ``copy=True``, the default, hands out) is a plain
+    tuple of str.
+    """
+
+    def __init__(self, space: "UnicodeText", shared_memory, n: int):
+        self._space, self._n = space, n
+        self._codes = np.frombuffer(shared_memory.get_obj(), dtype=np.int32).reshape((n, space.max_length))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(self._n)))
+        row = self._codes[i]
+        chars = self._space.character_list
+        return "".join([chars[c] for c in row[row < len(chars)].tolist()])
+
+    def __deepcopy__(self, memo) -> tuple[str, ...]:
+        return tuple(self)
+
+    def __eq__(self, other) -> bool:
+        return tuple(self) == tuple(other) if isinstance(other, (tuple, list, SharedTextBatch)) else NotImplemented
+
+    def __repr__(self) -> str:
+        return f"SharedTextBatch({tuple(self)!r})"
+
+
+@read_from_shared_memory.register(UnicodeText)
+def _read_unicode_text(space: UnicodeText, shared_memory, n: int = 1) -> SharedTextBatch:
+    return SharedTextBatch(space, shared_memory, n)
+
+
 def sanitize(text: str) -> str:
     """Replace non-printable characters (other than newline/tab) by spaces."""
     return "".join(c if _printable(c) else " " for c in text)
@@ -172,7 +212,9 @@ class SearchEnv(gym.Env):
         self._queries: list[str] = []
         self._titles: list[list[str]] = []
         self._done = False
-        prompt = self._bound(PROMPT.format(question=self.question.question[: self.config.max_question_chars]))
+        # a dataset's own prompt (external tasks, prompt="dataset") is served as it is, bounded
+        text = self.question.prompt or PROMPT.format(question=self.question.question[: self.config.max_question_chars])
+        prompt = self._bound(text)
         self._transcript = [prompt]
         info = {"question_id": self.question.qid, "question": self.question.question,
                 "golden_answers": list(self.question.golden_answers), "family": self.question.family,

@@ -77,6 +77,7 @@ class Question:
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     strategies: tuple[Strategy, ...] = ()
     evidence: tuple[str, ...] = ()
+    prompt: str = ""  # the dataset's own prompt text; "" = the env builds its prompt
 
     def __hash__(self) -> int:
         return hash(self.qid)
@@ -101,6 +102,7 @@ class Question:
             "names": {k: list(v) for k, v in self.names.items()},
             "strategies": [s.to_json() for s in self.strategies],
             "evidence": list(self.evidence),
+            **({"prompt": self.prompt} if self.prompt else {}),
         }
 
     @classmethod
@@ -128,9 +130,26 @@ class Question:
                 names={str(k): tuple(str(x) for x in v) for k, v in (d.get("names") or {}).items()},
                 strategies=tuple(Strategy.from_json(s) for s in d.get("strategies") or ()),
                 evidence=tuple(str(e) for e in d.get("evidence") or ()),
+                prompt=prompt_text(d.get("prompt"), where),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TaskFormatError(f"{where}: malformed field ({exc})") from None
+
+
+def prompt_text(prompt: Any, where: str = "record") -> str:
+    """A record's own prompt as text: a string, or a chat list (Search-R1's
+    ``[{"role": "user", "content": ...}]``) whose last message's content is used; None = ""."""
+    if prompt is None:
+        return ""
+    if isinstance(prompt, str):
+        return prompt
+    if hasattr(prompt, "tolist"):  # numpy arrays from parquet readers
+        prompt = prompt.tolist()
+    if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[-1], dict):
+        content = prompt[-1].get("content")
+        if isinstance(content, str):
+            return content
+    raise TaskFormatError(f"{where}: 'prompt' must be a string or a chat list of {{role, content}} messages")
 
 
 def read_questions(path) -> list[Question]:

@@ -539,12 +539,26 @@ def generate_world(cfg: WorldConfig | None = None) -> World:
 # --- files -------------------------------------------------------------------------
 
 
-def write_world(world: World, out_dir: str | Path) -> Path:
-    """Write ``corpus.jsonl``, ``qa/<split>.jsonl``, ``kg.json``, ``manifest.json`` atomically."""
+WORLD_MARKER = "a searchgym world (manifest.json with format 'searchgym-world')"
+
+
+def is_world_dir(path: str | Path) -> bool:
+    """True iff ``path`` holds a world manifest (the folder's own-output marker)."""
+    from searchgym.retrieval.fileio import json_marker
+
+    return json_marker(Path(path) / "manifest.json", format="searchgym-world")
+
+
+def write_world(world: World, out_dir: str | Path, force: bool = False) -> Path:
+    """Write ``corpus.jsonl``, ``qa/<split>.jsonl``, ``kg.json``, ``manifest.json`` atomically.
+
+    An existing ``out_dir`` is replaced only if it is a world (or empty); anything else
+    raises ``ForeignOutputError`` untouched unless ``force``.
+    """
     from searchgym.retrieval.fileio import atomic_dir
 
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, is_own=is_world_dir, what=WORLD_MARKER, force=force) as tmp:
         tmp = Path(tmp)
         with (tmp / "corpus.jsonl").open("w", encoding="utf-8") as f:
             for d in world.documents:

@@ -1,4 +1,4 @@
-"""CLI: ``searchgym index build|query`` and ``searchgym serve``."""
+"""CLI: ``searchgym index build|import|query`` and ``searchgym serve``."""
 
 from __future__ import annotations
 
@@ -16,15 +16,34 @@ def add_commands(subparsers) -> None:
         description="Build an index folder (manifest.json, docs.jsonl, index files) from a Search-R1 JSONL corpus.",
     )
     build.add_argument("--corpus", required=True, help="Search-R1 JSONL corpus ({\"id\", \"contents\"} per line); 'sample' for the bundled one")
-    build.add_argument("--out", required=True, help="index folder to write (replaced atomically if it exists)")
+    build.add_argument("--out", required=True, help="index folder to write (an existing index folder is replaced atomically; "
+                       "any other non-empty folder is refused unless --force)")
     build.add_argument("--retriever", choices=["dense", "bm25"], default="dense", help="retriever kind (default dense)")
     build.add_argument("--encoder", default=None, help="local encoder folder (default: bundled all-MiniLM-L6-v2)")
     build.add_argument("--index-type", choices=["flat", "hnsw", "ivfpq"], default="flat", help="FAISS index type (default flat)")
     build.add_argument("--query-prefix", default="", help="prefix added to queries, e.g. 'query: ' for e5")
     build.add_argument("--passage-prefix", default="", help="prefix added to passages, e.g. 'passage: ' for e5")
     build.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
-    build.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    build.add_argument("--threads", type=int, default=None, help="torch/FAISS CPU threads for encoding (default: library default)")
+    build.add_argument("--no-progress", action="store_true", help="hide the progress bar / progress log lines")
     build.set_defaults(func=_build)
+
+    imp = isub.add_parser(
+        "import",
+        help="wrap an existing FAISS index + its corpus into an index folder (no re-encoding)",
+        description="Wrap an existing FAISS index file (e.g. Search-R1's e5_Flat.index) and the Search-R1 JSONL corpus "
+        "it was built from into an index folder, checking the vector count against the corpus and the dimension "
+        "against the encoder. Files are hard-linked when possible, else copied.",
+    )
+    imp.add_argument("--faiss", required=True, help="FAISS index file (row i = corpus line i, inner product)")
+    imp.add_argument("--corpus", required=True, help="Search-R1 JSONL corpus the index was built from")
+    imp.add_argument("--out", required=True, help="index folder to write")
+    imp.add_argument("--encoder", default=None, help="local folder of the encoder that built the index (default: bundled all-MiniLM-L6-v2)")
+    imp.add_argument("--query-prefix", default="", help="prefix added to queries, e.g. 'query: ' for e5")
+    imp.add_argument("--passage-prefix", default="", help="prefix the passages were encoded with, e.g. 'passage: ' for e5")
+    imp.add_argument("--link", choices=["auto", "copy", "hardlink", "symlink"], default="auto",
+                     help="how files get into the folder (default auto: hard link, else copy)")
+    imp.set_defaults(func=_import)
 
     query = isub.add_parser("query", help="query an index folder", description="Print the top-k hits of one or more queries.")
     query.add_argument("index_dir", help="index folder")
@@ -67,12 +86,45 @@ def _build(args: argparse.Namespace) -> int:
     out = build_index(
         corpus, args.out, kind=args.retriever, encoder=args.encoder, index_type=args.index_type,
         query_prefix=args.query_prefix, passage_prefix=args.passage_prefix, batch_size=args.batch_size,
-        progress=False if args.no_progress else None,
+        progress=False if args.no_progress else None, threads=args.threads, force=getattr(args, "force", False),
     )
     m = read_manifest(out)
     detail = f"{m['index_type']}, {m['encoder']['name']}, dim {m['dimension']}" if m["kind"] == "dense" else "bm25s"
     print(f"built {m['kind']} index {out} ({m['count']} documents; {detail})")
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from searchgym.retrieval.index import import_index, read_manifest
+
+    out = import_index(args.faiss, args.corpus, args.out, encoder=args.encoder, query_prefix=args.query_prefix,
+                       passage_prefix=args.passage_prefix, link=args.link, force=getattr(args, "force", False))
+    m = read_manifest(out)
+    print(f"imported dense index {out} ({m['count']} documents; {m['index_type']}, {m['encoder']['name']}, "
+          f"dim {m['dimension']}; docs {m['imported']['docs']}, index {m['imported']['index']})")
+    return 0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once (with uvicorn's SO_REUSEADDR) so a busy port is reported as
+    one line before the index loads and before any banner is printed."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be in [0, 65535], got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -97,6 +149,7 @@ def _query(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from searchgym.retrieval.server import ServerConfig, serve
 
+    check_port_free(args.host, args.port)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

@@ -16,6 +16,19 @@ from searchgym.training.verl_backend import (
 VERL_OBJECTIVES = ("grpo", "entropy_bonus", "clip_higher", "clip_cov", "kl_cov", "forking_tokens")
 
 
+def _write_rows(path):
+    """A one-row verl parquet in the exported format (an env id of a world task: the
+    launcher's row check does not build the world)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{
+        "data_source": "searchgym/MultiHop-v0", "prompt": [{"role": "user", "content": "Question: q?"}],
+        "ability": "search", "reward_model": {"style": "rule", "ground_truth": {"target": ["a"]}},
+        "extra_info": {"env_id": "searchgym/MultiHop-v0", "split": "train", "index": 0}, "agent_name": "searchgym_env",
+    }]), path)
+
+
 def _cfg(tmp_path, **kw):
     base = dict(model=str(tmp_path / "model"), out_dir=str(tmp_path / "run"),
                 train_files=[str(tmp_path / "t.parquet")], val_files=[str(tmp_path / "v.parquet")])
@@ -78,7 +91,7 @@ def test_bad_override_names_the_problem(tmp_path):
 
 def test_prepare_launch_writes_a_config_main_ppo_can_load(tmp_path):
     for f in ("t.parquet", "v.parquet"):
-        (tmp_path / f).write_bytes(b"")
+        _write_rows(tmp_path / f)
     cfg = _cfg(tmp_path, objective="kl_cov", ray_address="ray://head:10001", retriever_url="http://h:8000",
                max_turns=3, extra_overrides=["trainer.total_training_steps=2"])
     plan = prepare_launch(cfg)
@@ -106,7 +119,7 @@ def test_cli_dry_run_prints_the_command(tmp_path, capsys):
     from searchgym.cli import main
 
     for f in ("t.parquet", "v.parquet"):
-        (tmp_path / f).write_bytes(b"")
+        _write_rows(tmp_path / f)
     rc = main(["train", "rl", "--backend", "verl", "--objective", "clip_higher", "--model", str(tmp_path),
                "--train-files", str(tmp_path / "t.parquet"), "--val-files", str(tmp_path / "v.parquet"),
                "--out", str(tmp_path / "run"), "--set", "trainer.total_training_steps=1", "--dry-run"])

@@ -60,6 +60,10 @@ __all__ = [
     "write_agent_loops_yaml",
     "cut_at_stop",
     "make_env",
+    "resolve_row",
+    "locate_row_question",
+    "validate_rows",
+    "is_export_parquet",
 ]
 
 #: The ``agent_name`` under which ``configs/verl/agent_loops.yaml`` registers the loop.
@@ -206,32 +210,34 @@ class SearchEnvAgentLoop(AgentLoopBase):
         retriever_url: str | None = None,
         max_turns: int | None = None,
         stop: list[str] | tuple[str, ...] = DEFAULT_STOP,
+        data_source_map: dict | None = None,
         name: str | None = None,
         tools=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.env_kwargs = _plain(env_kwargs or {})
+        self.data_source_map = {str(k): str(v) for k, v in _plain(data_source_map or {}).items()}
         self.retriever_url = retriever_url
         self.max_turns = int(max_turns) if max_turns else None
         self.stop = tuple(stop)
         self.response_length = int(self.rollout_config.response_length)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
-        extra_info = _plain(kwargs.get("extra_info") or {})
-        for key in ("env_id", "index"):
-            if key not in extra_info:
-                raise VerlBackendError(
-                    f"dataset row has no extra_info.{key}; export the data with `searchgym export verl`"
-                )
-        env_id = str(extra_info["env_id"])
+        row = {k: _plain(v) for k, v in kwargs.items() if k in ("data_source", "extra_info", "reward_model", "prompt",
+                                                                 "raw_prompt")}
+        env_id, split, index, mapped = resolve_row(row, self.data_source_map)
+        extra_info = dict(row.get("extra_info") or {})
         row_kwargs = extra_info.get("env_kwargs") or {}
         if isinstance(row_kwargs, str):  # parquet rows carry it as JSON for a stable schema
             row_kwargs = json.loads(row_kwargs)
         env_kwargs = {**self.env_kwargs, **_plain(row_kwargs)}
-        env_kwargs.setdefault("split", str(extra_info.get("split", "train")))
+        env_kwargs.setdefault("split", split)
         key, env = await asyncio.to_thread(ENV_POOL.acquire, env_id, env_kwargs, self.retriever_url)
         try:
+            if mapped:  # a dataset's own row: find its question in the task (index first, then text)
+                index = locate_row_question(getattr(env.unwrapped, "questions", []), row, index, where=env_id)
+            extra_info.update(env_id=env_id, index=index)
             return await self._episode(env, env_id, extra_info, sampling_params, kwargs)
         finally:
             ENV_POOL.release(key, env)
@@ -322,6 +328,165 @@ class SearchEnvAgentLoop(AgentLoopBase):
             metrics=AgentLoopMetrics(generate_sequences=t_gen, tool_calls=t_env),
             extra_fields=extra_fields,
         )
+
+
+# ------------------------------------------------------------------------------ rows
+
+
+def _row_question(row: dict) -> str | None:
+    extra = row.get("extra_info") or {}
+    q = extra.get("question") if isinstance(extra, dict) else None
+    if isinstance(q, str) and q.strip():
+        return q.strip()
+    prompt = row.get("raw_prompt") or row.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+        text = str(prompt[-1].get("content", ""))
+        return (text.rsplit("Question:", 1)[1] if "Question:" in text else text).strip()
+    return None
+
+
+def _row_targets(row: dict) -> list[str] | None:
+    try:
+        target = row["reward_model"]["ground_truth"]["target"]
+    except (KeyError, TypeError):
+        return None
+    return [target] if isinstance(target, str) else [str(t) for t in target]
+
+
+def resolve_row(row: dict, data_source_map: dict | None = None) -> tuple[str, str, int | None, bool]:
+    """``(env_id, split, index, mapped)`` of one verl dataset row, as the agent loop uses it.
+
+    A row exported by searchgym names its env in ``extra_info.env_id``; any other row (a
+    Search-R1 parquet as it is) is mapped by its ``data_source``: ``data_source_map``
+    first, then a registered id / task name equal to it, then the task whose
+    ``data_sources`` list it (``mapped`` is then True and the question is located by index
+    and checked by its answers). Raises ``VerlBackendError`` naming what is missing.
+    """
+    from searchgym.envs.registry import env_for_data_source
+
+    extra = row.get("extra_info") or {}
+    if not isinstance(extra, dict):
+        raise VerlBackendError(f"extra_info must be a mapping, got {type(extra).__name__}")
+    split = extra.get("split") or "train"
+    index = extra.get("index")
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+        raise VerlBackendError(f"extra_info.index must be an int >= 0, got {index!r}")
+    if extra.get("env_id"):
+        if index is None:
+            raise VerlBackendError("the row names extra_info.env_id but no extra_info.index")
+        return str(extra["env_id"]), str(split), int(index), False
+    ds = row.get("data_source")
+    env_id = (data_source_map or {}).get(ds) if isinstance(ds, str) else None
+    if env_id is None:
+        try:
+            env_id = env_for_data_source(ds)
+        except ValueError as exc:
+            raise VerlBackendError(str(exc)) from None
+    if env_id is None:
+        raise VerlBackendError(
+            f"the row has no extra_info.env_id and its data_source {ds!r} is no registered task; list it in a "
+            f"task file (data_sources: [{ds}]; `searchgym task add FILE`) or pass --data-source {ds}=ENV_ID"
+        )
+    return env_id, str(split), (int(index) if index is not None else None), True
+
+
+def locate_row_question(questions, row: dict, index: int | None, where: str = "env") -> int:
+    """Index of the row's question in ``questions``: ``index`` when that question has the
+    row's gold answers, else the question with the row's text (and answers)."""
+    from searchgym.envs.reward import normalize_answer
+
+    targets = _row_targets(row)
+    norm = sorted(normalize_answer(t) for t in targets) if targets is not None else None
+
+    def same_answers(q) -> bool:
+        return norm is None or sorted(normalize_answer(g) for g in q.golden_answers) == norm
+
+    if index is not None and 0 <= index < len(questions) and same_answers(questions[index]):
+        return index
+    text = _row_question(row)
+    if text:
+        for i, q in enumerate(questions):
+            if q.question.strip() == text and same_answers(q):
+                return i
+    raise VerlBackendError(f"{where}: no question matches the row (index {index}, question {text!r:.80}, "
+                           f"answers {targets}); is the task's QA file the parquet this row came from?")
+
+
+def validate_rows(files: list[str], data_source_map: dict | None = None, limit_errors: int = 1) -> dict:
+    """Check verl RL parquet files against what :class:`SearchEnvAgentLoop` needs, before a
+    launch builds or writes anything: readable, a chat ``prompt`` and
+    ``reward_model.ground_truth.target`` per row, an env for each row (``resolve_row``)
+    that is registered, and (user tasks) a question for each row. Reads QA files only: no
+    world, index or model is built. Returns ``{file: rows}``; raises ``VerlBackendError``
+    naming the file, the first bad row and how many rows are bad.
+    """
+    import gymnasium
+    import pyarrow.parquet as pq
+
+    import searchgym.envs  # noqa: F401  (registers ids, stored tasks included)
+    from searchgym.envs.registry import TASKS, NAMESPACE, load_persistent_tasks, task_questions
+
+    load_persistent_tasks()
+    counts: dict[str, int] = {}
+    questions_cache: dict[tuple[str, str], list] = {}
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise VerlBackendError(f"data file {f} does not exist")
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise VerlBackendError(f"{f}: not a readable parquet ({type(exc).__name__}: {exc})") from None
+        if not rows:
+            raise VerlBackendError(f"{f}: no rows")
+        bad: list[str] = []
+        for i, row in enumerate(rows):
+            try:
+                prompt = row.get("prompt")
+                if not isinstance(prompt, list) or not prompt or not all(isinstance(m, dict) and "content" in m
+                                                                         for m in prompt):
+                    raise VerlBackendError("'prompt' must be a non-empty chat list of {role, content}")
+                if _row_targets(row) is None:
+                    raise VerlBackendError("missing reward_model.ground_truth.target")
+                env_id, split, index, mapped = resolve_row(row, data_source_map)
+                if env_id not in gymnasium.registry:
+                    raise VerlBackendError(f"env {env_id!r} is not registered (`searchgym envs list`)")
+                name = env_id.split("/", 1)[1] if env_id.startswith(NAMESPACE + "/") else None
+                spec = TASKS.get(name) if name else None
+                if spec is not None and not spec.families:  # a user task: its questions are cheap to read
+                    key = (env_id, split)
+                    if key not in questions_cache:
+                        questions_cache[key] = task_questions(spec, split)
+                    qs = questions_cache[key]
+                    if mapped:
+                        locate_row_question(qs, row, index, where=env_id)
+                    elif not 0 <= index < len(qs):
+                        raise VerlBackendError(f"extra_info.index {index} is out of range for {env_id} [{split}] "
+                                               f"({len(qs)} questions)")
+            except (VerlBackendError, ValueError, OSError) as exc:
+                bad.append(f"row {i}: {exc}")
+        if bad:
+            more = f" ({len(bad) - 1} more bad rows)" if len(bad) > 1 else ""
+            raise VerlBackendError(f"{f}: {bad[0]}{more}")
+        counts[str(f)] = len(rows)
+    return counts
+
+
+EXPORT_METADATA_KEY = b"searchgym"
+
+
+def is_export_parquet(path: str | Path) -> bool:
+    """True iff ``path`` is a parquet written by :func:`export_parquet` (its schema
+    metadata, or for older exports the ``agent_name`` + ``extra_info`` columns)."""
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception:  # not a parquet at all
+        return False
+    if schema.metadata and EXPORT_METADATA_KEY in schema.metadata:
+        return True
+    return {"agent_name", "extra_info", "data_source"} <= set(schema.names)
 
 
 # ---------------------------------------------------------------------- local generator
@@ -468,18 +633,32 @@ def export_rows(env_id: str, split: str = "train", limit: int | None = None, env
 
 
 def export_parquet(env_id: str, out: str | Path, split: str = "train", limit: int | None = None,
-                   env_kwargs: dict | None = None, agent_name: str = AGENT_NAME) -> Path:
-    """Write ``env_id``'s ``split`` as a verl RL parquet at ``out`` (atomically); return it."""
+                   env_kwargs: dict | None = None, agent_name: str = AGENT_NAME, force: bool = False) -> Path:
+    """Write ``env_id``'s ``split`` as a verl RL parquet at ``out`` (atomically); return it.
+
+    An existing ``out`` that is not such an export (e.g. the dataset's own parquet) is
+    refused before the env is made, unless ``force``."""
+    from searchgym.retrieval.fileio import check_output
+
+    out = Path(out)
+    if out.suffix != ".parquet":
+        raise VerlBackendError(f"--out {out} must end in .parquet")
+    check_output(out, is_export_parquet, "a `searchgym export verl` parquet", kind="file", force=force)
+    rows = export_rows(env_id, split=split, limit=limit, env_kwargs=env_kwargs, agent_name=agent_name)
+    return write_export_parquet(rows, out, env_id, split)
+
+
+def write_export_parquet(rows: list[dict], out: str | Path, env_id: str, split: str) -> Path:
+    """Write :func:`export_rows` rows at ``out`` atomically, marked as a searchgym export."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from searchgym.retrieval.fileio import atomic_path
 
     out = Path(out)
-    if out.suffix != ".parquet":
-        raise VerlBackendError(f"--out {out} must end in .parquet")
-    rows = export_rows(env_id, split=split, limit=limit, env_kwargs=env_kwargs, agent_name=agent_name)
     table = pa.Table.from_pylist(rows)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           EXPORT_METADATA_KEY: json.dumps({"env_id": env_id, "split": split}).encode()})
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
@@ -524,6 +703,8 @@ class VerlLaunchConfig:
     total_training_steps: int | None = None
     experiment_name: str = ""
     extra_overrides: list[str] = field(default_factory=list)
+    data_source_map: dict = field(default_factory=dict)  # Search-R1 data_source -> env id
+    force: bool = False  # replace an out_dir that is not a verl run folder
 
     def validate(self) -> None:
         if not self.model:
@@ -656,6 +837,7 @@ def write_agent_loops_yaml(cfg: VerlLaunchConfig, path: str | Path) -> Path:
             entry["env_kwargs"] = dict(cfg.env_kwargs)
             entry["retriever_url"] = cfg.retriever_url
             entry["max_turns"] = cfg.max_turns
+            entry["data_source_map"] = dict(cfg.data_source_map)
     path = Path(path)
     atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(entries)))
     return path
@@ -717,39 +899,65 @@ class LaunchPlan:
         return (prefix + " " if prefix else "") + " ".join(shlex.quote(c) for c in self.command)
 
 
-def prepare_launch(cfg: VerlLaunchConfig, export: bool = True) -> LaunchPlan:
-    """Export data if needed, compose + validate verl's config, write it; return the plan.
+def _is_verl_run_dir(path: Path) -> bool:
+    return any((path / n).exists() for n in ("verl_config.yaml", "verl_overrides.txt", "agent_loops.yaml"))
 
-    Writes ``<out_dir>/verl_config.yaml`` (the composed, validated config) and
-    ``<out_dir>/verl_overrides.txt`` (one override per line).
+
+def prepare_launch(cfg: VerlLaunchConfig, export: bool = True) -> LaunchPlan:
+    """Check everything, then export data if needed and write verl's validated config;
+    return the plan.
+
+    Order matters: the config values, the objective, the ``out_dir`` (a non-empty folder
+    that is no verl run folder is refused unless ``cfg.force``), the rows of given
+    ``train_files``/``val_files`` (:func:`validate_rows`) and verl's own config validation
+    all pass before anything is built (world, index) or written. Then writes
+    ``<out_dir>/verl_config.yaml`` (the composed, validated config),
+    ``<out_dir>/verl_overrides.txt`` (one override per line) and ``agent_loops.yaml``.
     """
     from omegaconf import OmegaConf
 
-    from searchgym.retrieval.fileio import atomic_write_text
+    from searchgym.retrieval.fileio import atomic_write_text, check_output
 
     cfg.validate()
+    objective_overrides(cfg.objective, cfg.objective_overrides)  # refuses er_shaped & bad fields first
     out_dir = Path(cfg.out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output(out_dir, _is_verl_run_dir, "a verl run folder (verl_config.yaml)", force=cfg.force)
     train_files = [str(Path(f).resolve()) for f in cfg.train_files]
     val_files = [str(Path(f).resolve()) for f in cfg.val_files]
+    if export and (train_files or val_files):
+        validate_rows(train_files + val_files, cfg.data_source_map)
+    exports = []
     if not train_files:
         train = out_dir / "data" / f"{cfg.train_split}.parquet"
-        if export:
-            export_parquet(cfg.env_id, train, split=cfg.train_split, limit=cfg.export_limit,
-                           env_kwargs=cfg.env_kwargs)
+        exports.append((train, cfg.train_split))
         train_files = [str(train)]
     if not val_files:
         val = out_dir / "data" / f"{cfg.val_split}.parquet"
-        if export:
-            export_parquet(cfg.env_id, val, split=cfg.val_split, limit=cfg.export_limit, env_kwargs=cfg.env_kwargs)
+        exports.append((val, cfg.val_split))
         val_files = [str(val)]
-    for f in train_files + val_files:
-        if export and not Path(f).is_file():
-            raise VerlBackendError(f"data file {f} does not exist")
-    agent_yaml = write_agent_loops_yaml(cfg, out_dir / "agent_loops.yaml")
+    if exports and export:
+        import gymnasium
+
+        import searchgym.envs  # noqa: F401
+
+        if cfg.env_id not in gymnasium.registry:
+            from searchgym.envs.registry import load_persistent_tasks
+
+            load_persistent_tasks()
+        if cfg.env_id not in gymnasium.registry:
+            raise VerlBackendError(f"--env {cfg.env_id!r} is not registered (`searchgym envs list`, `searchgym task add`)")
+    agent_yaml = out_dir / "agent_loops.yaml"
     overrides = build_overrides(cfg, train_files, val_files, agent_yaml)
     composed = compose_config(overrides)
     validate_composed(composed)
+    # everything is checked: build the export rows (the env may build its world/index in the
+    # cache), then write; a failing env leaves out_dir untouched
+    rows = [(path, split, export_rows(cfg.env_id, split=split, limit=cfg.export_limit, env_kwargs=cfg.env_kwargs))
+            for path, split in exports] if export else []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, split, split_rows in rows:
+        write_export_parquet(split_rows, path, cfg.env_id, split)
+    write_agent_loops_yaml(cfg, agent_yaml)
     config_file = out_dir / "verl_config.yaml"
     atomic_write_text(config_file, OmegaConf.to_yaml(composed, resolve=False))
     atomic_write_text(out_dir / "verl_overrides.txt", "\n".join(overrides) + "\n")

@@ -65,7 +65,8 @@ def run_export(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    out = export_parquet(args.env, args.out, split=args.split, limit=args.limit, env_kwargs=dict(args.env_kwarg))
+    out = export_parquet(args.env, args.out, split=args.split, limit=args.limit, env_kwargs=dict(args.env_kwarg),
+                         force=getattr(args, "force", False))
     import pyarrow.parquet as pq
 
     n = pq.ParquetFile(out).metadata.num_rows
@@ -113,8 +114,11 @@ def add_backend_arguments(rl_parser: argparse.ArgumentParser) -> None:
                    help="override a field of the objective's config (e.g. rho=0.1)")
     g.add_argument("--set", dest="verl_set", type=_hydra_override, action="append", default=[],
                    metavar="KEY=VALUE", help="extra Hydra override for verl's ppo_trainer (repeatable, last wins)")
+    g.add_argument("--data-source", dest="data_source_map", type=_key_value, action="append", default=[],
+                   metavar="NAME=ENV_ID", help="serve rows whose data_source is NAME (a Search-R1 parquet as it is) "
+                   "with env ENV_ID (repeatable; default: the task listing NAME in its data_sources)")
     g.add_argument("--dry-run", action="store_true",
-                   help="compose + validate + write the config and print the command; do not run it")
+                   help="check the rows, compose + validate + write the config and print the command; do not run it")
 
 
 def _objective_overrides_from_config(path) -> dict:
@@ -165,6 +169,8 @@ def run_verl(args) -> int:
         total_epochs=args.total_epochs,
         total_training_steps=args.total_steps,
         extra_overrides=list(args.verl_set),
+        data_source_map={str(k): str(v) for k, v in args.data_source_map},
+        force=bool(getattr(args, "force", False)),
     )
     plan = prepare_launch(cfg)
     print(f"verl config (validated): {plan.config_file}")
