@@ -13,7 +13,9 @@ or ``n`` (neither); a ``*`` suffix marks a search whose documents were mostly (>
 retrieved before. Consecutive repeats collapse here too.
 
 :func:`match_strategy` maps a world signature to the name of the question's valid strategy
-whose role sequence it equals (``none`` steps ignored), else ``"other"``.
+whose role sequence it equals (``none`` steps ignored), else ``None``: an unmatched
+trajectory has no strategy (it is not an "other" strategy; strategy diversity is measured
+over matched trajectories, and the unmatched share is its own number).
 """
 
 from __future__ import annotations
@@ -101,12 +103,14 @@ def signature_steps(signature: str) -> tuple[str, ...]:
     return tuple(s for s in steps.split(">") if s) if steps else ()
 
 
-def match_strategy(question: Question, signature: str) -> str:
-    """Name of the valid strategy whose role sequence equals the signature's, else "other"."""
+def match_strategy(question: Question, signature: str) -> str | None:
+    """Name of the valid strategy whose role sequence equals the signature's (``none``
+    steps ignored), else None (no match; always None for external questions, which have no
+    roles, and for questions without strategies)."""
     if signature.startswith("ext:") or not question.strategies:
-        return "other"
+        return None
     steps = tuple(_collapse([s for s in signature_steps(signature) if s != "none"]))
     for strat in question.strategies:
         if strat.roles == steps:
             return strat.name
-    return "other"
+    return None

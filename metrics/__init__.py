@@ -11,7 +11,7 @@ _EXPORTS = {
     **dict.fromkeys([
         'MiniLMEmbedder', 'answer_diversity', 'default_embedder', 'distinct_n',
         'miller_madow_entropy', 'normalize_answer', 'normalized_entropy', 'plugin_entropy',
-        'query_diversity', 'signature_diversity', 'strategy_coverage',
+        'query_diversity', 'signature_diversity', 'strategy_coverage', 'strategy_diversity',
         'vendi_from_embeddings', 'vendi_score'
     ], 'diversity'),
     **dict.fromkeys([
@@ -25,7 +25,8 @@ _EXPORTS = {
         'effective_rank', 'effective_ranks', 'er_from_singular_values',
         'er_sq_from_singular_values', 'erv_era', 'erv_era_batch', 'group_effective_rank',
         'mean_pool', 'normalized_effective_ranks', 'policy_rows', 'singular_values',
-        'spectral_stats', 'windowed_effective_ranks'
+        'spectral_stats', 'windowed_effective_ranks', 'window_counts', 'group_effective_ranks',
+        'aligned_effective_rank', 'aligned_effective_ranks', 'residualize_token_identity'
     ], 'rank'),
     **dict.fromkeys([
         'LawFit', 'SpearmanResult', 'fit_entropy_law', 'mean_ci', 'normalize_to_first',
@@ -39,8 +40,11 @@ _EXPORTS = {
         'verdict_rule'
     ], 'stats'),
     **dict.fromkeys([
-        'RecordError', 'summarize_rollouts'
+        'RecordError', 'STRATEGY_KEYS', 'summarize_rollouts'
     ], 'summary'),
+    **dict.fromkeys([
+        'COLLAPSE_FLOORS', 'COLLAPSE_THRESHOLD', 'collapse_control', 'collapse_floor', 'force_collapse'
+    ], 'controls'),
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,8 +1,15 @@
 """Strategy diversity of a question group (n samples of one question).
 
-Signature entropy (plug-in, normalised, Miller-Madow), strategy coverage, distinct-n over
-queries, answer diversity, and the Vendi score (Friedman & Dieng 2022) over embeddings. The
-text embedder is pluggable and lazy: nothing loads a model unless Vendi over text is asked for.
+Signature entropy (plug-in, normalised, Miller-Madow), strategy diversity over MATCHED
+trajectories (:func:`strategy_diversity`), strategy coverage, distinct-n over queries,
+answer diversity, and the Vendi score (Friedman & Dieng 2022) over embeddings. The text
+embedder is pluggable and lazy: nothing loads a model unless Vendi over text is asked for.
+
+A trajectory that matches none of its question's valid strategies has strategy ``None``. It
+is not a strategy: counting it as one would make strategy entropy a function of accuracy (a
+policy that only ever uses strategy A would score more "diverse" at 70 % success than at
+90 %). Strategy metrics are computed over matched trajectories only, and the share of
+unmatched ones is reported beside them as ``unmatched_rate``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ __all__ = [
     "normalized_entropy",
     "signature_diversity",
     "strategy_coverage",
+    "strategy_diversity",
     "distinct_n",
     "query_diversity",
     "normalize_answer",
@@ -41,7 +49,7 @@ def plugin_entropy(labels: Iterable[Hashable]) -> float:
     if counts.size == 0:
         return math.nan
     p = counts / counts.sum()
-    return float(-(p * np.log(p)).sum())
+    return float(0.0 - (p * np.log(p)).sum())  # 0.0 - x: no -0.0 for a single label
 
 
 def miller_madow_entropy(labels: Iterable[Hashable]) -> float:
@@ -90,6 +98,61 @@ def strategy_coverage(strategies: Sequence[str | None], valid: Sequence[str]) ->
     if not valid_set:
         return math.nan
     return len({s for s in strategies if s is not None} & valid_set) / len(valid_set)
+
+
+def strategy_diversity(
+    strategies: Sequence[str | None],
+    valid: Sequence[str] | None = None,
+    correct: Sequence[bool] | None = None,
+    *,
+    min_matched: int = 2,
+) -> dict[str, float]:
+    """Strategy diversity of one question's n samples, over matched trajectories only.
+
+    ``strategies[i]`` is sample i's matched valid strategy, or None when it matched none
+    (None never counts as a strategy). With m = number of matched samples:
+
+    - ``strategy_entropy``: Miller-Madow entropy (nats) of the matched strategies, the primary
+      estimate (the plug-in is biased low at n = 8); ``strategy_entropy_plugin``: plug-in;
+      ``strategy_entropy_norm``: plug-in / log min(m, |S|), |S| = max(len(valid), observed
+      support) (observed support when ``valid`` is None), 0.0 when that min is 1. All three
+      are NaN when m < ``min_matched`` (one draw is no estimate of a distribution).
+    - ``distinct_strategies``: distinct matched strategies (NaN when m = 0).
+    - ``strategy_coverage``: share of ``valid`` used by at least one matched sample (NaN
+      without ``valid``).
+    - ``matched``: m; ``unmatched_rate``: (n - m) / n (NaN for n = 0).
+    - With ``correct``: the same over matched AND correct samples, suffixed ``_correct``
+      (``strategy_entropy_correct``, ``strategy_entropy_plugin_correct``,
+      ``strategy_entropy_norm_correct``, ``distinct_strategies_correct``,
+      ``strategy_coverage_correct``, ``matched_correct``).
+
+    Floors (a group whose samples all use one strategy): entropies 0, distinct 1.
+    """
+    strategies = list(strategies)
+    if correct is not None and len(correct) != len(strategies):
+        raise ValueError(f"{len(strategies)} strategies but {len(correct)} correctness flags")
+    vset = set(valid) if valid else set()
+
+    def over(labels: list[str], suffix: str) -> dict[str, float]:
+        m = len(labels)
+        enough = m >= max(1, min_matched)
+        return {
+            f"strategy_entropy{suffix}": miller_madow_entropy(labels) if enough else math.nan,
+            f"strategy_entropy_plugin{suffix}": plugin_entropy(labels) if enough else math.nan,
+            f"strategy_entropy_norm{suffix}": (
+                normalized_entropy(labels, len(vset) if vset else None) if enough else math.nan
+            ),
+            f"distinct_strategies{suffix}": float(len(set(labels))) if m else math.nan,
+            f"strategy_coverage{suffix}": len(set(labels) & vset) / len(vset) if vset else math.nan,
+            f"matched{suffix}": float(m),
+        }
+
+    matched = [s for s in strategies if s is not None]
+    out = over(matched, "")
+    out["unmatched_rate"] = (len(strategies) - len(matched)) / len(strategies) if strategies else math.nan
+    if correct is not None:
+        out.update(over([s for s, c in zip(strategies, correct) if s is not None and c], "_correct"))
+    return out
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)

@@ -143,8 +143,19 @@ def test_oracle_and_signatures_bm25(env):
         for s in q.strategies:
             res = run_oracle(env, i, s.name)
             assert res.signature.endswith(("|correct", "|wrong", "|noanswer"))
-            assert match_strategy(q, res.signature) in {x.name for x in q.strategies} | {"other"}
+            assert match_strategy(q, res.signature) in {x.name for x in q.strategies} | {None}
     assert len(seen) == 4
+
+
+def test_unmatched_episode_has_no_strategy(env):
+    # answering without a search matches no valid strategy: the env says None, not a label
+    env.reset(options={"index": 0})
+    *_, term, _, info = env.step("<answer>nobody</answer>")
+    assert term and info["signature"] == "|wrong" and info["strategy"] is None
+    # the same question run by its own oracle strategy is labelled with that strategy
+    q = env.questions[0]
+    res = run_oracle(env, 0, q.strategies[0].name)
+    assert res.matched and match_strategy(q, res.signature) == q.strategies[0].name
 
 
 def test_signature_functions():
@@ -158,13 +169,15 @@ def test_signature_functions():
     sig = trajectory_signature(q, [["E1-0", "E2-1"], ["E9-0", "E1-2"], ["E2-0"]], "correct")
     assert sig == "subject>bridge|correct" and match_strategy(q, sig) == "forward"
     assert match_strategy(q, trajectory_signature(q, [["E9-0"], ["E2-3"]], "wrong")) == "combined"
-    assert match_strategy(q, "answer|correct") == "other"
+    assert match_strategy(q, "answer|correct") is None
+    assert match_strategy(q, "|noanswer") is None
     assert oracle_query(q, "forward", 1, []) is None  # the bridge is not yet seen
     assert oracle_query(q, "forward", 1, ["... city of C."]) == "C"
     ext = Question("x", "who wrote hamlet", ("Shakespeare",))
     s = trajectory_signature(ext, [["d1"], ["d1"], ["d2"]], "correct",
                              queries=["who wrote hamlet", "Hamlet play", "Avon town"], titles=[["Avon"], ["Hamlet"], ["X"]])
     assert s == "ext:q-q*-e|correct"
+    assert match_strategy(ext, s) is None  # external questions have no strategies
     with pytest.raises(ValueError):
         trajectory_signature(q, [], "maybe")
 

@@ -27,6 +27,7 @@ from searchgym.metrics import (
     signature_diversity,
     spearman_ci,
     strategy_coverage,
+    strategy_diversity,
     token_entropy_stats,
     vendi_from_embeddings,
     vendi_score,
@@ -87,6 +88,77 @@ def test_normalized_entropy_in_unit_interval(labels, s):
     v = normalized_entropy(labels, s)
     assert -1e-12 <= v <= 1 + 1e-12
     assert miller_madow_entropy(labels) >= plugin_entropy(labels)
+
+
+# ---- strategy diversity over matched trajectories ------------------------------------------
+def policy_samples(n, success, mixture):
+    """n samples of a policy whose successes use the strategies in ``mixture`` (cycled) and
+    whose failures match no strategy (None), as an unmatched trajectory is labelled."""
+    ok = round(n * success)
+    strategies = [mixture[i % len(mixture)] for i in range(ok)] + [None] * (n - ok)
+    return strategies, [True] * ok + [False] * (n - ok)
+
+
+def test_one_strategy_scores_zero_at_any_success_rate():
+    # the issue's confound: counting unmatched as an outcome made this 0.33 vs 0.14
+    out = {}
+    for success in (0.7, 0.9):
+        strats, correct = policy_samples(20, success, ["A"])
+        out[success] = strategy_diversity(strats, ["A", "B", "C"], correct)
+        assert out[success]["strategy_entropy"] == 0.0 and out[success]["strategy_entropy_plugin"] == 0.0
+        assert out[success]["strategy_entropy_correct"] == 0.0 and out[success]["distinct_strategies"] == 1.0
+        assert out[success]["strategy_coverage"] == pytest.approx(1 / 3)
+    assert out[0.7]["unmatched_rate"] == pytest.approx(0.3) and out[0.9]["unmatched_rate"] == pytest.approx(0.1)
+    # the old definition (unmatched as its own outcome) differs between the two: the test can fail
+    old = [plugin_entropy([s if s is not None else "<none>" for s in policy_samples(20, x, ["A"])[0]])
+           for x in (0.7, 0.9)]
+    assert old[0] - old[1] > 0.2
+
+
+@pytest.mark.parametrize("mixture", [["A", "B"], ["A", "A", "B"]])
+def test_same_mixture_scores_the_same_at_70_and_90_percent(mixture):
+    s70, ok70 = policy_samples(60, 0.7, mixture)
+    s90, ok90 = policy_samples(60, 0.9, mixture)
+    a, b = strategy_diversity(s70, ["A", "B"], ok70), strategy_diversity(s90, ["A", "B"], ok90)
+    # same mixture: identical plug-in; Miller-Madow differs only by its (m - 1) / 2m correction
+    assert a["strategy_entropy_plugin"] == pytest.approx(b["strategy_entropy_plugin"], abs=1e-12)
+    assert a["matched"] == 42 and b["matched"] == 54
+    assert a["strategy_entropy"] - a["strategy_entropy_plugin"] == pytest.approx(1 / 84)
+    assert b["strategy_entropy"] - b["strategy_entropy_plugin"] == pytest.approx(1 / 108)
+    # with the same number of matched samples (failures that did match) they are identical
+    sa = policy_samples(20, 1.0, mixture)[0]
+    c70 = strategy_diversity(sa, ["A", "B"], [True] * 14 + [False] * 6)
+    c90 = strategy_diversity(sa, ["A", "B"], [True] * 18 + [False] * 2)
+    for key in ("strategy_entropy", "strategy_entropy_plugin", "distinct_strategies", "strategy_coverage",
+                "unmatched_rate"):
+        assert c70[key] == c90[key]
+
+
+def test_strategy_diversity_hand_computed():
+    d = strategy_diversity(["a", "a", "b", None, "c", None], ["a", "b", "c", "d"],
+                           [True, False, True, True, False, False])
+    h = plugin_entropy("aabc")
+    assert d["matched"] == 4 and d["unmatched_rate"] == pytest.approx(2 / 6)
+    assert d["strategy_entropy_plugin"] == pytest.approx(h)
+    assert d["strategy_entropy"] == pytest.approx(h + 2 / 8)  # Miller-Madow, m = 3 observed, n = 4
+    assert d["strategy_entropy_norm"] == pytest.approx(h / math.log(4))
+    assert d["distinct_strategies"] == 3 and d["strategy_coverage"] == 0.75
+    # matched and correct: a, b
+    assert d["matched_correct"] == 2 and d["distinct_strategies_correct"] == 2
+    assert d["strategy_entropy_plugin_correct"] == pytest.approx(math.log(2))
+    assert d["strategy_entropy_correct"] == pytest.approx(math.log(2) + 1 / 4)
+    assert d["strategy_coverage_correct"] == 0.5
+    # fewer than 2 matched: entropies undefined, distinct/coverage still defined
+    one = strategy_diversity(["a", None, None], ["a", "b"])
+    assert math.isnan(one["strategy_entropy"]) and math.isnan(one["strategy_entropy_plugin"])
+    assert one["distinct_strategies"] == 1 and one["strategy_coverage"] == 0.5
+    assert "strategy_entropy_correct" not in one  # no correctness given
+    none = strategy_diversity([None, None], None)
+    assert none["matched"] == 0 and none["unmatched_rate"] == 1.0
+    assert math.isnan(none["distinct_strategies"]) and math.isnan(none["strategy_coverage"])
+    assert math.isnan(strategy_diversity([])["unmatched_rate"])
+    with pytest.raises(ValueError, match="correctness"):
+        strategy_diversity(["a"], None, [True, False])
 
 
 def test_coverage_queries_answers():

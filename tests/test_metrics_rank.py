@@ -9,13 +9,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from searchgym.metrics import (
+    aligned_effective_rank,
+    aligned_effective_ranks,
     effective_rank,
     effective_ranks,
     erv_era,
     erv_era_batch,
     group_effective_rank,
+    group_effective_ranks,
     policy_rows,
+    residualize_token_identity,
     spectral_stats,
+    window_counts,
     windowed_effective_ranks,
 )
 
@@ -147,8 +152,16 @@ def test_windowed_er_and_group_er():
     rng = np.random.default_rng(4)
     mats = [rng.standard_normal((T, 8)).astype(np.float32) for T in (10, 30, 50)]
     w = windowed_effective_ranks(mats, 20)
-    assert math.isnan(w[0])
+    # a response shorter than the window is measured on all its rows, not dropped
+    assert w[0] == pytest.approx(np_er(mats[0]), rel=1e-5)
+    assert math.isnan(windowed_effective_ranks(mats, 20, short="skip")[0])
     assert w[1] == pytest.approx(np_er(mats[1][:20]), rel=1e-5)
+    # only T < 2 is left out; short and skipped are counted
+    w2 = windowed_effective_ranks([mats[0][:1], mats[0][:2], mats[1]], 20)
+    assert math.isnan(w2[0]) and w2[1] == 1.0 and np.isfinite(w2[2])
+    assert window_counts([mats[0][:1], mats[0][:2], mats[0], mats[1]], 20) == (2, 1)
+    with pytest.raises(ValueError, match="short"):
+        windowed_effective_ranks(mats, 20, short="drop")
     wl = windowed_effective_ranks(mats, 20, where="last")
     assert wl[2] == pytest.approx(np_er(mats[2][-20:]), rel=1e-5)
     pooled = np.stack([m.mean(0) for m in mats])
@@ -156,6 +169,79 @@ def test_windowed_er_and_group_er():
     assert math.isnan(group_effective_rank(mats[:1]))
     # identical responses: no between-response spread
     assert group_effective_rank([mats[1], mats[1]]) == 0.0
+    np.testing.assert_allclose(group_effective_ranks([mats, mats[:2], mats[:1]])[:2],
+                               [np_er(pooled), np_er(pooled[:2])], rtol=1e-5)
+    assert math.isnan(group_effective_ranks([mats[:1]])[0])
+
+
+@pytest.mark.parametrize("n", [2, 3, 6, 7, 8, 11])
+def test_identical_rows_are_the_collapse_floor(n):
+    # centring n equal rows leaves a rank-one rounding residue for most n; the convention
+    # (module doc) is ER 0, so copies of one sample read exactly the floor
+    row = (np.random.default_rng(n).standard_normal(16) * 3.7).astype(np.float32)
+    for method in ("gram", "svd", "gram32"):
+        assert effective_rank(np.tile(row, (n, 1)), method=method) == 0.0
+    resp = np.random.default_rng(0).standard_normal((9, 16)).astype(np.float32)
+    copies = [resp] * n
+    assert group_effective_rank(copies) == 0.0 and group_effective_ranks([copies])[0] == 0.0
+    assert aligned_effective_rank(copies) == (0.0, 9)
+    # uncentred, identical rows are rank one
+    assert effective_rank(np.tile(row, (n, 1)), center=False) == pytest.approx(1.0)
+
+
+def test_aligned_er_hand_computed():
+    d = 6
+    e = np.eye(d, dtype=np.float32)
+    # 3 samples; position 0: rows e0, e1, e2 (centred: 2 equal singular values -> ER 2);
+    # position 1: e0, e0, e3 (rank 1 -> ER 1); position 2 only in samples 0 and 1: e4, e5
+    # (ER 1); position 3 only in sample 0 -> not used (fewer than 2 samples)
+    a = np.stack([e[0], e[0], e[4], e[1]])
+    b = np.stack([e[1], e[0], e[5]])
+    c = np.stack([e[2], e[3]])
+    mean, used = aligned_effective_rank([a, b, c])
+    assert used == 3 and mean == pytest.approx((2.0 + 1.0 + 1.0) / 3)
+    # max_positions bounds the positions; min_samples=3 keeps only positions 0 and 1
+    assert aligned_effective_rank([a, b, c], max_positions=1) == pytest.approx((2.0, 1))
+    assert aligned_effective_rank([a, b, c], min_samples=3) == pytest.approx((1.5, 2))
+    # one sample or empty samples: nothing to compare
+    m, u = aligned_effective_ranks([[a], [a, np.zeros((0, d))], []])
+    assert np.isnan(m).all() and list(u) == [0, 0, 0]
+    # batched over groups == one group at a time == per-position effective_rank
+    rng = np.random.default_rng(1)
+    groups = [[rng.standard_normal((int(rng.integers(1, 12)), 8)).astype(np.float32) for _ in range(5)]
+              for _ in range(4)]
+    means, useds = aligned_effective_ranks(groups, max_positions=10)
+    for g, mm, uu in zip(groups, means, useds):
+        per = [effective_rank(np.stack([x[t] for x in g if len(x) > t]))
+               for t in range(10) if sum(len(x) > t for x in g) >= 2]
+        assert uu == len(per) and mm == pytest.approx(np.mean(per), rel=1e-5)
+        assert aligned_effective_rank(g, max_positions=10) == pytest.approx((mm, uu))
+    with pytest.raises(ValueError, match="min_samples"):
+        aligned_effective_rank([a, b], min_samples=1)
+
+
+def test_residualize_token_identity_hand_computed():
+    a = np.array([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]], dtype=np.float32)  # tokens 7, 8, 7
+    b = np.array([[0.0, 4.0], [4.0, 4.0]], dtype=np.float32)  # tokens 8, 9
+    ra, rb = residualize_token_identity([a, b], [[7, 8, 7], [8, 9]])
+    # token 7 mean (3, 2.5); token 8 mean (1.5, 3); token 9 occurs once -> zero row
+    np.testing.assert_allclose(ra, [[-2.0, -2.5], [1.5, -1.0], [2.0, 2.5]])
+    np.testing.assert_allclose(rb, [[-1.5, 1.0], [0.0, 0.0]])
+    assert ra.dtype == np.float32
+    # the token-identity part is gone: states that are a function of the token id alone
+    emb = np.random.default_rng(0).standard_normal((50, 16))
+    ids = [np.random.default_rng(i).integers(0, 50, 30) for i in range(4)]
+    r = residualize_token_identity([emb[t] for t in ids], ids)
+    assert max(np.abs(x).max() for x in r) < 1e-6
+    assert all(v == 0.0 for v in effective_ranks(r))
+    # copies stay copies
+    r2 = residualize_token_identity([a, a, b], [[7, 8, 7], [7, 8, 7], [8, 9]])
+    np.testing.assert_array_equal(r2[0], r2[1])
+    with pytest.raises(ValueError, match="token ids"):
+        residualize_token_identity([a], [[1, 2]])
+    with pytest.raises(ValueError, match="token-id lists"):
+        residualize_token_identity([a, b], [[7, 8, 7]])
+    assert residualize_token_identity([], []) == []
 
 
 @settings(max_examples=30, deadline=None)
