@@ -15,9 +15,12 @@ failing arm is recorded with its error and reported, never fatal to the others.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -28,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from searchgym.arms import (  # noqa: F401 - re-exported: the arm stages and hooks
+    ArmSpec, FixedEvaluation, StepMetricsHook, eval_seeds, rl_arm_stage, start_eval_stage,
+)
 from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
 
 MANIFEST = "manifest.json"
@@ -53,10 +59,67 @@ def _canonical(obj: Any) -> Any:
     raise TypeError(f"cannot hash config value of type {type(obj).__name__}: {obj!r}")
 
 
-def stage_key(name: str, config: Any, inputs: Mapping[str, str] | None = None, version: int = 1) -> str:
-    """Content hash of a stage: name, code version, config and the keys of its inputs."""
+def _module_file(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None) if spec is not None else None
+    return Path(origin) if origin and origin.endswith(".py") else None
+
+
+def _searchgym_imports(path: Path, module: str) -> set[str]:
+    """The ``searchgym.*`` modules ``path`` imports anywhere (function-local imports too)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return {m for m in found if m == "searchgym" or m.startswith("searchgym.")}
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(*roots: str) -> str:
+    """SHA-256 of the package version and the source of every ``searchgym`` module the
+    ``roots`` import, transitively (function-local imports included, so the set is a safe
+    over-approximation). A stage keyed with it is rebuilt whenever its code changes."""
+    import searchgym
+
+    seen: dict[str, Path] = {}
+    todo = list(roots)
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        path = _module_file(mod)
+        if path is None:
+            continue
+        seen[mod] = path
+        parents = {mod.rsplit(".", i)[0] for i in range(1, mod.count(".") + 1)}  # their __init__ runs too
+        todo.extend((_searchgym_imports(path, mod) | parents) - set(seen))
+    h = hashlib.sha256(f"searchgym {searchgym.__version__}\n".encode())
+    for mod in sorted(seen):
+        h.update(f"{mod}\n".encode())
+        h.update(seen[mod].read_bytes())
+    return h.hexdigest()[:16]
+
+
+def stage_key(name: str, config: Any, inputs: Mapping[str, str] | None = None, version: int = 1,
+              code: str = "") -> str:
+    """Content hash of a stage: name, code version and fingerprint, config and the keys of
+    its inputs."""
     payload = {"stage": name, "version": version, "config": _canonical(config),
                "inputs": {k: inputs[k] for k in sorted(inputs or {})}}
+    if code:
+        payload["code"] = code
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -101,14 +164,14 @@ class StageCache:
         return manifest if manifest.get("key") == key else None
 
     def run(self, name: str, config: Any, inputs: Mapping[str, StageResult], fn: StageFn,
-            version: int = 1) -> StageResult:
+            version: int = 1, code: str = "") -> StageResult:
         """Return the cached stage or build it with ``fn(out_dir, input_paths, scratch)``.
 
         ``fn`` writes its outputs into ``out_dir`` (a temp folder renamed into place on
         success) and may keep resumable state in ``scratch`` (kept across interruptions,
         deleted on success). Its returned dict is stored in the manifest as ``info``.
         """
-        key = stage_key(name, config, {k: r.key for k, r in inputs.items()}, version)
+        key = stage_key(name, config, {k: r.key for k, r in inputs.items()}, version, code)
         t0 = time.perf_counter()
         manifest = self.lookup(name, key)
         if manifest is not None:
@@ -122,7 +185,7 @@ class StageCache:
             info = fn(tmp, {k: r.path for k, r in inputs.items()}, scratch) or {}
             wall = time.perf_counter() - t0
             atomic_write_json(tmp / MANIFEST, {
-                "stage": name, "key": key, "version": version, "config": _canonical(config),
+                "stage": name, "key": key, "version": version, "code": code, "config": _canonical(config),
                 "inputs": {k: r.key for k, r in inputs.items()}, "wall_s": wall, "info": info,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
@@ -131,19 +194,6 @@ class StageCache:
 
 
 # ----------------------------------------------------------------------------- arms
-
-
-@dataclass(frozen=True)
-class ArmSpec:
-    """One RL arm: a warm start, an objective and a seed."""
-
-    warm_start: str
-    objective: str
-    seed: int
-
-    @property
-    def arm_id(self) -> str:
-        return f"{self.warm_start}-{self.objective}-s{self.seed}"
 
 
 @dataclass
@@ -157,6 +207,7 @@ class ArmOutcome:
     wall_s: float
     built_s: float
     error: str | None = None
+    key: str | None = None  # the stage key when ok
 
 
 def _init_worker(threads: int) -> None:
@@ -171,7 +222,8 @@ def run_arm_task(task: "ArmTask") -> ArmOutcome:
     t0 = time.perf_counter()
     try:
         res = task.run()
-        return ArmOutcome(task.spec, "ok", str(res.path), res.cached, time.perf_counter() - t0, res.built_s)
+        return ArmOutcome(task.spec, "ok", str(res.path), res.cached, time.perf_counter() - t0, res.built_s,
+                          key=res.key)
     except Exception as exc:  # noqa: BLE001 - an arm's failure must not stop the others
         tb = traceback.format_exc(limit=8)
         return ArmOutcome(task.spec, "failed", None, False, time.perf_counter() - t0, 0.0,
@@ -188,14 +240,16 @@ class ArmTask:
     inputs: dict[str, StageResult]
     fn: Callable  # module-level function (spec, config, out, inputs, scratch) -> dict
     version: int = 1
+    stage: str = "arm"  # the stage name's prefix
+    code: str = ""  # code fingerprint of the stage (code_fingerprint)
 
     def stage_name(self) -> str:
-        return f"arm-{self.spec.arm_id}"
+        return f"{self.stage}-{self.spec.arm_id}"
 
     def is_cached(self) -> bool:
         """Whether the arm's stage is already finished (then running it only reads the cache)."""
         key = stage_key(self.stage_name(), (self.spec, self.config), {k: r.key for k, r in self.inputs.items()},
-                        self.version)
+                        self.version, self.code)
         return StageCache(self.cache_root).lookup(self.stage_name(), key) is not None
 
     def run(self) -> StageResult:
@@ -204,7 +258,7 @@ class ArmTask:
         def stage(out: Path, inputs: dict[str, Path], scratch: Path) -> dict:
             return self.fn(self.spec, self.config, out, inputs, scratch)
 
-        return cache.run(self.stage_name(), (self.spec, self.config), self.inputs, stage, self.version)
+        return cache.run(self.stage_name(), (self.spec, self.config), self.inputs, stage, self.version, self.code)
 
 
 def run_arms(tasks: list[ArmTask], workers: int = 1, threads_per_worker: int | None = None,
@@ -254,178 +308,19 @@ def run_arms(tasks: list[ArmTask], workers: int = 1, threads_per_worker: int | N
     return [results[i] for i in range(len(tasks))]
 
 
-# ----------------------------------------------------------------------------- metric hooks
-
-#: summarize_rollouts key -> report key (see searchgym.report.STEP_KEYS / EVAL_KEYS)
-_SUMMARY_KEYS = {
-    "entropy": "token_entropy",
-    "entropy_top": "token_entropy_top",
-    "er_window": "er_lc",
-    "er": "er_raw",
-    "er_norm": "er_norm",
-    "group_er": "group_er",
-    "strategy_entropy_norm": "strategy_entropy",
-    "signature_entropy_norm": "signature_entropy",
-    "distinct_strategies": "distinct_strategies",
-    "distinct_signatures": "distinct_signatures",
-    "distinct_queries": "distinct_queries",
-    "vendi": "vendi",
-    "accuracy": "accuracy",
-    "reward_mean": "reward",
-    "format_error_rate": "format_error_rate",
-    "searches_mean": "searches_per_episode",
-    "pass@1": "pass_at_1",
-}
-
-
-def trajectory_records(trajs) -> list[dict]:
-    """Metric records (the searchgym.metrics episode fields) of agents' ``Trajectory``s,
-    without the token-id arrays the metrics do not read."""
-    recs = []
-    for t in trajs:
-        rec = {
-            "question_id": t.question_id, "group": t.group_id, "reward": float(t.reward), "correct": t.correct,
-            "answer": t.answer, "golden_answers": t.golden_answers, "signature": t.signature,
-            "strategy": t.strategy, "valid_strategies": t.valid_strategies, "queries": t.queries,
-            "format_errors": t.format_errors, "num_searches": t.num_searches,
-            "entropies": list(t.entropies), "loss_mask": list(t.loss_mask), "text": t.transcript,
-        }
-        if t.hidden_states is not None and len(t.hidden_states):
-            rec["hidden_states"] = t.hidden_states  # [num_policy_tokens, d]
-        recs.append(rec)
-    return recs
-
-
-def summarize_trajectories(trajs, *, k: int = 4, er_window: int = 32, vendi: bool = False,
-                           embed_fn=None) -> dict:
-    """The report's per-step / per-eval numbers of a batch of trajectories (one call to
-    ``searchgym.metrics.summarize_rollouts``, keys renamed to the report's)."""
-    from searchgym.metrics.summary import summarize_rollouts
-
-    ks = (1, k) if k > 1 else (1,)
-    s = summarize_rollouts(trajectory_records(trajs), k=ks, er_window=er_window, erv=False, vendi=vendi,
-                           embed_fn=embed_fn)
-    out = {new: float(s[old]) for old, new in _SUMMARY_KEYS.items() if old in s}
-    if f"pass@{k}" in s:
-        out["pass_at_k"], out["k"] = float(s[f"pass@{k}"]), k
-    lengths = [t.num_policy_tokens for t in trajs]
-    out["response_length"] = float(sum(lengths) / max(1, len(lengths)))
-    return out
-
-
-class StepMetricsHook:
-    """Per-step RL metric hook, ``Callable[[list[Trajectory]], dict]``: group strategy
-    diversity, token entropy, length-controlled and raw ER and group ER of the step's
-    rollouts (needs ``RLConfig.hidden_states=True`` for the ER numbers). The returned dict
-    carries ``metrics_time_s``, the hook's own cost, so the report can show it as a share
-    of step time."""
-
-    def __init__(self, er_window: int = 32):
-        self.er_window = er_window
-
-    def __call__(self, trajs) -> dict:
-        t0 = time.perf_counter()
-        out = summarize_trajectories(trajs, k=1, er_window=self.er_window, vendi=False)
-        for k in ("accuracy", "pass_at_1", "pass_at_k", "k"):  # the trainer logs reward/accuracy itself
-            out.pop(k, None)
-        out["metrics_time_s"] = time.perf_counter() - t0
-        return out
-
-
-class FixedEvaluation:
-    """The fixed evaluation of an arm: the same first ``cfg.questions`` held-out questions,
-    ``cfg.samples`` sampled rollouts each (with hidden states), summarised by
-    :func:`summarize_trajectories` (accuracy, pass@1/pass@k, token entropy, ER variants,
-    group ER, strategy entropy, Vendi). Called as ``evaluate(model, tokenizer) -> dict``."""
-
-    def __init__(self, cfg, world: str, max_turns: int, max_new_tokens: int, seed: int = 0):
-        self.cfg, self.world, self.max_turns, self.max_new_tokens, self.seed = cfg, world, max_turns, max_new_tokens, seed
-        self._envs = None
-        self._embed = None
-
-    def __call__(self, model, tokenizer) -> dict:
-        import torch
-
-        from searchgym.agents.rollout import RolloutConfig, RolloutEngine
-        from searchgym.training.common import make_envs
-
-        c = self.cfg
-        t0 = time.perf_counter()
-        if self._envs is None:
-            self._envs, total = make_envs(c.family, min(64, c.questions * c.samples), c.split, self.world,
-                                          self.max_turns)
-            self._questions = list(range(min(c.questions, total)))
-        if c.vendi and self._embed is None:
-            from searchgym.metrics.diversity import default_embedder
-
-            self._embed = default_embedder()
-        was_training = model.training
-        model.eval()
-        engine = RolloutEngine(model, tokenizer, RolloutConfig(
-            n=c.samples, temperature=c.temperature, max_new_tokens=self.max_new_tokens, seed=self.seed,
-            return_hidden_states=True, max_batch_size=len(self._envs)))
-        with torch.no_grad():
-            trajs = engine.rollout_questions(self._envs, self._questions, n=c.samples)
-        model.train(was_training)
-        out = summarize_trajectories(trajs, k=c.k, er_window=c.er_window, vendi=c.vendi, embed_fn=self._embed)
-        out["eval_time_s"] = time.perf_counter() - t0
-        return out
-
-
-def _split_metrics(src: Path, out: Path) -> dict:
-    """Split the trainer's metrics.jsonl into the report's step and eval records."""
-    from searchgym.retrieval.fileio import atomic_write_text, read_jsonl
-
-    steps, evals = [], []
-    for rec in read_jsonl(src):
-        ev = {k[5:]: v for k, v in rec.items() if k.startswith("eval_")}
-        if ev:
-            evals.append({"step": rec["step"], **ev})
-        if rec["step"] >= 1:  # step 0 holds only the RL-start evaluation
-            st = {k: v for k, v in rec.items() if not k.startswith("eval_")}
-            st.setdefault("reward", st.get("reward_mean"))
-            st["step_time_s"] = st.get("time_step_s")
-            steps.append(st)
-    for name, recs in (("metrics.jsonl", steps), ("eval.jsonl", evals)):
-        # strict JSON: non-finite numbers (e.g. a metric with no input) become null
-        text = "".join(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                   for k, v in r.items()}) + "\n" for r in recs)
-        atomic_write_text(out / name, text)
-    return {"steps": len(steps), "evals": len(evals)}
-
-
-def rl_arm_stage(spec: ArmSpec, config: dict, out: Path, inputs: dict[str, Path], scratch: Path) -> dict:
-    """One RL arm: RL from the warm start with the per-step hook and the fixed evaluation
-    every ``eval.every`` steps; resumable from ``scratch`` checkpoints."""
-    from searchgym.training.checkpoint import latest_checkpoint
-    from searchgym.training.rl import RLTrainer
-
-    rl, ev = config["rl"], config["eval"]
-    world = str(inputs["world"] / "world")
-    run_dir = scratch / "rl"
-    last = latest_checkpoint(run_dir) if run_dir.exists() else None
-    resume = last is not None
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)  # interrupted before its first checkpoint: start over
-    cfg = dataclasses.replace(rl, init=str(inputs["warm_start"] / "model"), out=str(run_dir), world=world,
-                              objective=spec.objective, seed=spec.seed, eval_every=ev.every,
-                              hidden_states=True, threads=config.get("threads", 0))
-    fixed = FixedEvaluation(ev, world, cfg.max_turns, cfg.max_new_tokens, seed=1000 + spec.seed)
-
-    class _Trainer(RLTrainer):
-        def validate(self) -> dict:  # the trainer's eval slot runs the fixed evaluation
-            return {f"eval_{k}": v for k, v in fixed(self.model, self.tokenizer).items()}
-
-    t0 = time.perf_counter()
-    model_dir = _Trainer(cfg, hooks=[StepMetricsHook(ev.er_window)], progress=config.get("progress", True)).run(
-        resume=resume)
-    counts = _split_metrics(run_dir / "metrics.jsonl", out)
-    shutil.copytree(model_dir, out / "model")
-    # provenance: the step an interrupted arm resumed from (None: ran from the start)
-    return {**counts, "train_s": time.perf_counter() - t0, "resumed_from_step": int(last.name[5:]) if resume else None}
-
-
 # ----------------------------------------------------------------------------- the pipeline
+
+
+#: The modules each stage's code fingerprint starts from (their searchgym imports are
+#: followed transitively): a stage is rebuilt whenever its code changes.
+_CODE = {
+    "world": ("searchgym.envs.world",),
+    "model": ("searchgym.agents.model",),
+    "demos": ("searchgym.agents.demos",),
+    "sft": ("searchgym.training.sft",),
+    "eval": ("searchgym.arms",),
+    "arm": ("searchgym.arms",),
+}
 
 
 def _world_stage(preset):
@@ -549,35 +444,61 @@ def _run_locked(preset, out: Path, progress: bool) -> dict:
     timings: dict[str, dict] = {}
     t_start = time.perf_counter()
 
-    def stage(name, cfg, inputs, fn):
-        r = cache.run(name, cfg, inputs, fn)
+    def stage(name, cfg, inputs, fn, code_roots):
+        r = cache.run(name, cfg, inputs, fn, code=code_fingerprint(*code_roots))
         timings[name] = {"cached": r.cached, "wall_s": r.wall_s, "built_s": r.built_s, "key": r.key}
         return r
 
-    bar = tqdm(total=5, desc="stages", unit="stage", disable=not progress)
+    bar = tqdm(total=6, desc="stages", unit="stage", disable=not progress)
     bar.set_postfix_str("world + index")
-    world = stage("world", (preset.world, preset.index), {}, _world_stage(preset)); bar.update()
+    world = stage("world", (preset.world, preset.index), {}, _world_stage(preset), _CODE["world"]); bar.update()
     bar.set_postfix_str("tiny model")
-    model = stage("model", preset.model, {"world": world}, _model_stage(preset)); bar.update()
+    model = stage("model", preset.model, {"world": world}, _model_stage(preset), _CODE["model"]); bar.update()
     bar.set_postfix_str("demos")
-    demos = stage("demos", preset.demos, {"world": world}, _demos_stage(preset)); bar.update()
+    demos = stage("demos", preset.demos, {"world": world}, _demos_stage(preset), _CODE["demos"]); bar.update()
     warm = {}
     for ws in preset.warm_starts:
         bar.set_postfix_str(f"sft {ws}")
         warm[ws] = stage(f"sft-{ws}", (ws, preset.sft), {"world": world, "model": model, "demos": demos},
-                         _sft_stage(preset, ws, ncpu, progress))
+                         _sft_stage(preset, ws, ncpu, progress), _CODE["sft"])
     bar.update()
 
-    bar.set_postfix_str("RL arms")
     specs = [ArmSpec(ws, obj, seed) for ws in preset.warm_starts for obj in preset.objectives for seed in preset.seeds]
     workers = max(1, min(preset.workers, len(specs)))
     threads = max(1, ncpu // workers)
     arm_cfg = {"rl": preset.rl, "eval": preset.eval, "threads": threads, "progress": progress and workers == 1}
+
+    # the RL-start evaluations (one per warm start and seed, shared by its objectives' arms)
+    bar.set_postfix_str("RL-start evaluations")
+    start_specs = [ArmSpec(ws, "start", seed) for ws in preset.warm_starts for seed in preset.seeds]
+    start_tasks = [ArmTask(s, str(cache.root), _ArmConfig(arm_cfg), {"world": world, "warm_start": warm[s.warm_start],
+                                                                     "model": model},
+                           start_eval_stage, stage="eval", code=code_fingerprint(*_CODE["eval"]))
+                   for s in start_specs]
+    t_eval = time.perf_counter()
+    starts = {(o.spec.warm_start, o.spec.seed): o for o in
+              run_arms(start_tasks, workers=min(workers, len(start_tasks)), threads_per_worker=threads,
+                       progress=progress)}
+    timings["start_evals"] = {"wall_s": time.perf_counter() - t_eval}
+    bar.update()
+
+    bar.set_postfix_str("RL arms")
     # the thread count and the progress flag do not change the result: keep them out of the key
-    tasks = [ArmTask(s, str(cache.root), _ArmConfig(arm_cfg), {"world": world, "warm_start": warm[s.warm_start]},
-                     rl_arm_stage) for s in specs]
+    tasks, outcomes_by_spec = [], {}
+    for s in specs:
+        st = starts[(s.warm_start, s.seed)]
+        if st.status != "ok":
+            outcomes_by_spec[s] = ArmOutcome(s, "failed", None, False, 0.0, 0.0,
+                                             f"RL-start evaluation failed: {st.error}")
+            continue
+        start_res = StageResult(f"eval-{st.spec.arm_id}", st.key, Path(st.path), st.cached, st.wall_s, st.built_s)
+        tasks.append(ArmTask(s, str(cache.root), _ArmConfig(arm_cfg),
+                             {"world": world, "warm_start": warm[s.warm_start], "model": model,
+                              "start_eval": start_res}, rl_arm_stage, code=code_fingerprint(*_CODE["arm"])))
     t_arms = time.perf_counter()
-    outcomes = run_arms(tasks, workers=workers, threads_per_worker=threads, progress=progress)
+    for o in run_arms(tasks, workers=workers, threads_per_worker=threads, progress=progress):
+        outcomes_by_spec[o.spec] = o
+    outcomes = [outcomes_by_spec[s] for s in specs]
     timings["arms"] = {"wall_s": time.perf_counter() - t_arms, "workers": workers, "threads_per_worker": threads}
     bar.update()
     bar.close()
@@ -591,7 +512,7 @@ def _run_locked(preset, out: Path, progress: bool) -> dict:
             d = tmp / o.spec.arm_id
             d.mkdir()
             if o.status == "ok":
-                for name in ("metrics.jsonl", "eval.jsonl"):
+                for name in ("metrics.jsonl", "eval.jsonl", "eval_questions.jsonl"):
                     shutil.copyfile(Path(o.path) / name, d / name)
             atomic_write_json(d / "arm.json", {
                 "arm_id": o.spec.arm_id, "warm_start": o.spec.warm_start, "objective": o.spec.objective,

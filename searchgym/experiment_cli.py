@@ -21,8 +21,12 @@ def add_commands(subparsers) -> None:
         "then the RL arms (warm start x objective x seed), evaluate and write runs/NAME/report.md. "
         "Every stage is cached by content hash under OUT/cache, so a rerun resumes where it stopped.",
     )
-    p.add_argument("--preset", choices=("smoke", "small", "full"), default="small",
-                   help="smoke: about 2 minutes (tests); small: the 2-core main job (default); full: longer, 3 seeds")
+    p.add_argument("--preset", choices=("smoke", "pilot", "small", "full"), default="small",
+                   help="smoke: about 2 minutes (tests); pilot: plain GRPO from the diverse warm start, to find the "
+                   "collapse regime; small: the 2-core main job (default); full: all objectives, more seeds, longer RL")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a preset field, e.g. --set rl.optim.lr=3e-4 --set eval.questions=32 (repeatable; "
+                   "recorded in the report)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<preset>)")
     p.add_argument("--arms", nargs="+", metavar="OBJECTIVE", default=None,
                    help="objectives to run (default: the preset's), e.g. grpo clip_cov kl_cov")
@@ -34,15 +38,56 @@ def add_commands(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
+    r = subparsers.add_parser(
+        "report",
+        help="re-analyse a run folder's per-arm files and rewrite its report (no training)",
+        description="Read RUN/arms/*/ (arm.json, metrics.jsonl, eval.jsonl, eval_questions.jsonl), recompute "
+        "every number, control and verdict, and rewrite RUN/report.md, report.json and figures. With --readme, "
+        "also replace the README's generated claims block with this report's claims table.",
+    )
+    r.add_argument("run_dir", help="a run folder (e.g. runs/small or docs/results/small)")
+    r.add_argument("--readme", default=None, help="README to update (its generated claims block)")
+    r.set_defaults(func=_report)
+
+
+def _report(args) -> int:
+    import json
+    from pathlib import Path
+
+    from searchgym.report import update_readme, write_report
+
+    run = Path(args.run_dir)
+    old = run / "report.json"
+    meta = None
+    if old.is_file():
+        try:
+            meta = json.loads(old.read_text(encoding="utf-8")).get("meta")
+        except json.JSONDecodeError:
+            meta = None  # a damaged report is rewritten from the arms
+    rep = write_report(run, meta=meta)
+    print(f"report: {run / 'report.md'} ({len(rep['arms'])} arms, {len(rep['claims'])} claims)")
+    if args.readme:
+        src = str(run / "report.md")
+        if not update_readme(args.readme, rep, src):
+            print(f"{args.readme}: no generated claims block ({'<!-- claims:begin ... -->'}); README not changed")
+            return 2
+        print(f"updated the claims block of {args.readme}")
+    return 0
+
 
 def _run(args) -> int:
     import time
 
     from searchgym.experiment import run_experiment
-    from searchgym.presets import get_preset, with_arms
+    import dataclasses
 
-    preset = with_arms(get_preset(args.preset), objectives=args.arms, warm_starts=args.warm_starts,
-                       seeds=args.seeds, workers=args.workers)
+    from searchgym.presets import get_preset, with_arms, with_overrides
+
+    preset = with_arms(with_overrides(get_preset(args.preset), args.overrides), objectives=args.arms,
+                       warm_starts=args.warm_starts, seeds=args.seeds, workers=args.workers)
+    if args.overrides:
+        preset = dataclasses.replace(preset, notes=tuple(preset.notes) + (
+            "preset overrides: " + ", ".join(f"`{o}`" for o in args.overrides),))
     out = args.out or f"runs/{preset.name}"
     t0 = time.perf_counter()
     rep = run_experiment(preset, out, progress=not args.no_progress)

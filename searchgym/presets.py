@@ -8,6 +8,7 @@ experiment fills them with the stage folders of the run.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
 
 OBJECTIVES_ALL = ("grpo", "entropy_bonus", "clip_higher", "clip_cov", "kl_cov", "forking_tokens", "er_shaped")
@@ -40,17 +41,18 @@ class ModelStageConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """The fixed evaluation: the same held-out questions, ``samples`` each, at the RL
-    start and every ``every`` RL steps (and at the end)."""
+    """The fixed evaluation (searchgym.evaluation): the same held-out questions, ``samples``
+    sampled rollouts each, at the RL start (twice: the null control) and every ``every`` RL
+    steps and at the end. pass@k is reported for k = 1 and two k < ``samples``
+    (``searchgym.evaluation.pass_ks``)."""
 
-    questions: int = 16
-    samples: int = 4  # n per question; pass@k uses k <= samples
-    k: int = 4
-    every: int = 5
-    split: str = "validation"
+    questions: int = 64
+    samples: int = 8  # n per question (>= 8: strategy entropy and group ER need it)
+    every: int = 10
+    split: str = "test"  # never the split the presets were tuned on (validation)
     family: str = "multihop"
     temperature: float = 1.0
-    er_window: int = 32  # tokens of the length-controlled ER window
+    er_window: int = 32  # tokens of the within-response window ER
     vendi: bool = True
 
 
@@ -75,8 +77,11 @@ class Preset:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
+PRESET_NAMES = ("smoke", "pilot", "small", "full")
+
+
 def get_preset(name: str) -> Preset:
-    """The named preset (smoke, small, full) with the packages' own configs."""
+    """The named preset (smoke, pilot, small, full) with the packages' own configs."""
     from searchgym.envs.world import WorldConfig
     from searchgym.training.config import rl_preset, sft_preset
 
@@ -90,7 +95,7 @@ def get_preset(name: str) -> Preset:
             sft=sft_preset("smoke"),
             rl=rl_preset("smoke", steps=4, batch_questions=4, n_samples=4, hidden_states=True, eval_every=0,
                          save_every=2, tensorboard=False),
-            eval=EvalConfig(questions=4, samples=4, k=4, every=4, vendi=True),  # RL start + end
+            eval=EvalConfig(questions=4, samples=8, every=4, vendi=True),  # RL start + end
             objectives=("grpo", "clip_cov"),
             warm_starts=WARM_STARTS,
             seeds=(0,),
@@ -107,7 +112,7 @@ def get_preset(name: str) -> Preset:
             # solved 27% of multi-hop train questions sampled at T = 0.7 but 6% at T = 1.0.
             rl=rl_preset("small", steps=30, hidden_states=True, eval_every=0, tensorboard=False,
                          temperature=0.7, train_family="multi_hop"),
-            eval=EvalConfig(questions=16, samples=4, k=4, every=10, temperature=0.7),
+            eval=EvalConfig(questions=64, samples=8, every=10, temperature=0.7),
             # all 7 objectives x 2 warm starts x 2 seeds: measured 2,595 s for the two SFT
             # warm starts (534 + 483 s, one after the other on 2 threads) and 20 arms (1,578 s on
             # 2 single-thread workers, ~158 s per arm); the 8 further arms add ~630 s: ~54 min.
@@ -118,10 +123,10 @@ def get_preset(name: str) -> Preset:
         # full: the small pipeline, run longer, all objectives, 3 seeds, a bigger evaluation
         return replace(
             small, name="full", rl=replace(small.rl, steps=100),
-            eval=replace(small.eval, questions=32, samples=8, k=8, every=20),
+            eval=replace(small.eval, questions=128, every=20),
             seeds=(0, 1, 2),
         )
-    raise ValueError(f"unknown preset {name!r}; choose from smoke, small, full")
+    raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESET_NAMES)}")
 
 
 def with_arms(preset: Preset, objectives=None, warm_starts=None, seeds=None, workers=None) -> Preset:
@@ -144,3 +149,49 @@ def with_arms(preset: Preset, objectives=None, warm_starts=None, seeds=None, wor
         seeds=tuple(seeds) if seeds else preset.seeds,
         workers=workers or preset.workers,
     )
+
+
+_OVERRIDABLE = ("world", "index", "demos", "model", "sft", "rl", "eval")
+
+
+def with_overrides(preset: Preset, assignments: list[str] | tuple[str, ...] = ()) -> Preset:
+    """``preset`` with ``section.field[.sub]=VALUE`` assignments applied (e.g.
+    ``rl.optim.lr=3e-4``, ``eval.questions=32``); VALUE is read as YAML (``3e-4`` a float,
+    ``true`` a bool). Unknown keys and wrongly typed values raise ValueError naming the key."""
+    import yaml
+
+    from searchgym.training.config import dataclass_from_dict
+
+    for text in assignments:
+        key, sep, raw = text.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2 or parts[0] not in _OVERRIDABLE:
+            raise ValueError(f"--set {text!r}: expected SECTION.FIELD=VALUE with SECTION one of {', '.join(_OVERRIDABLE)}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ValueError(f"--set {text!r}: the value is not valid YAML") from None
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        section = getattr(preset, parts[0])
+        nested: dict = value
+        for p in reversed(parts[1:]):
+            nested = {p: nested}
+        current = dataclasses.asdict(section)
+        merged = _merge_dict(current, nested)
+        try:
+            new = dataclass_from_dict(type(section), merged, prefix=parts[0])
+        except ValueError as exc:
+            raise ValueError(f"--set {text!r}: {exc}") from None
+        preset = replace(preset, **{parts[0]: new})
+    return preset
+
+
+def _merge_dict(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge_dict(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

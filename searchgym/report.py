@@ -1,18 +1,31 @@
-"""The experiment's report: ``report.md``, ``report.json`` and PNG figures.
+"""The experiment's report: ``report.md``, ``report.json`` and PNG figures, computed from the
+per-arm files by stated rules (../shared/RESEARCH.md). Nothing in it is typed in by hand.
 
-Input format (written by :mod:`searchgym.experiment`, documented in docs/contracts.md,
+Input (written by :mod:`searchgym.experiment`, documented in docs/contracts.md,
 "experiment"): a run directory holding ``arms/<arm_id>/`` folders, each with
 
-- ``arm.json``: ``{"arm_id", "warm_start", "objective", "seed", "status": "ok"|"failed",
-  "error": str|None, "wall_s": float}``;
-- ``metrics.jsonl``: one record per RL step (:data:`STEP_KEYS`); ``step`` counts from 0
-  (the first update), and the record describes that step's rollouts;
-- ``eval.jsonl``: one record per fixed evaluation (:data:`EVAL_KEYS`); the first one is
-  taken at ``step`` 0, before any RL update (the "RL start").
+- ``arm.json``: ``{"arm_id", "warm_start", "objective", "seed", "status", "error", "wall_s"}``;
+- ``metrics.jsonl``: one record per RL step (the trainer's step record + the step hook and
+  the mechanism diagnostics);
+- ``eval.jsonl``: one record per fixed evaluation (``step``, ``replica``: "A" for every
+  evaluation, "B" for the RL-start null control; the metrics of all episodes under their
+  ``searchgym.metrics.summarize_rollouts`` names, and ``controls``);
+- ``eval_questions.jsonl``: the same metrics per question (``step``, ``replica``,
+  ``question``), plus ``trained_tf/<metric>`` and ``untrained_tf/<metric>`` where the
+  untrained-model control ran.
 
-Every number in the report is computed here from those records; nothing is typed in by
-hand. ``report.json`` holds every number that ``report.md`` shows (non-finite values are
-written as ``null`` and shown as "n/a").
+How numbers become findings:
+
+- The unit of replication is the seed. Every effect is a paired difference on the same
+  questions: final minus RL start within an arm; objective minus GRPO within a seed and warm
+  start; diverse minus narrow within a seed; replica A minus replica B of the RL-start model
+  (the null control). Its interval is a hierarchical bootstrap over seeds, then questions
+  (``searchgym.metrics.stats.paired_difference``), clipped to the metric's range, and its
+  smallest detectable difference is (z_0.975 + z_0.8) x the bootstrap standard error.
+- Every instrument is validated in the same report by its controls (:func:`control_status`);
+  a metric that fails one is marked failed and no claim uses it.
+- Each claim's verdict comes from ``searchgym.metrics.stats.verdict``, whose rule text is
+  printed with the table.
 """
 
 from __future__ import annotations
@@ -21,67 +34,86 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
+from searchgym.metrics import stats as st
 from searchgym.retrieval.fileio import atomic_path, atomic_write_json, atomic_write_text, read_jsonl
 
-#: Keys of one per-step training record (``metrics.jsonl``). ``step`` and
-#: ``token_entropy`` are required; the rest may be missing (treated as absent).
-STEP_KEYS = (
-    "step",  # RL step index, 0-based
-    "reward",  # mean episode reward of the step's rollouts (= training accuracy for EM)
-    "token_entropy",  # mean entropy over policy tokens (nats)
-    "er_lc",  # mean per-response length-controlled effective rank (fixed window)
-    "er_raw",  # mean per-response effective rank over all policy tokens
-    "group_er",  # mean over question groups of the ER of mean-pooled responses
-    "strategy_entropy",  # mean over groups of normalised signature entropy
-    "distinct_strategies",  # mean over groups of the number of distinct signatures
-    "response_length",  # mean number of policy tokens per episode
-    "step_time_s",  # wall time of the whole step, metrics included
-    "metrics_time_s",  # wall time spent in the metric hook
+# ----------------------------------------------------------------------------- vocabulary
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-question evaluation metric the report reads (a summarize_rollouts key)."""
+
+    name: str
+    label: str
+    family: str  # outcome | token | hidden | strategy | text | graph
+    bounds: tuple[float, float] | None = None  # range of a per-question value, when bounded
+    floor: float | None = None  # its value when a question's samples are all one sample (between-sample metrics)
+    length_free: bool = False  # meant not to track response length (the length control applies)
+    content: bool = False  # meant to measure the model, not the tokens (the untrained-model control applies)
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("accuracy", "accuracy", "outcome", (0.0, 1.0)),
+    Metric("entropy", "token entropy (nats)", "token", (0.0, math.inf)),
+    Metric("group_er", "group ER (mean-pooled samples)", "hidden", (0.0, math.inf), floor=0.0, content=True),
+    Metric("group_er_resid", "group ER, token identity removed", "hidden", (0.0, math.inf), floor=0.0,
+           length_free=True, content=True),
+    Metric("aligned_er", "ER across samples at aligned positions", "hidden", (0.0, math.inf), floor=0.0,
+           length_free=True, content=True),
+    Metric("er_resid", "within-response ER, token identity removed", "hidden", (0.0, math.inf), length_free=True,
+           content=True),
+    Metric("er_within_window", "within-response window ER", "hidden", (0.0, math.inf), content=True),
+    Metric("strategy_entropy", "strategy entropy (Miller-Madow, matched)", "strategy", (0.0, math.inf), floor=0.0),
+    Metric("strategy_entropy_plugin", "strategy entropy (plug-in, matched)", "strategy", (0.0, math.inf), floor=0.0),
+    Metric("distinct_strategies", "distinct strategies (matched)", "strategy", (0.0, math.inf), floor=1.0),
+    Metric("strategy_coverage", "coverage of valid strategies", "strategy", (0.0, 1.0)),
+    Metric("strategy_entropy_correct", "strategy entropy over correct (Miller-Madow)", "strategy", (0.0, math.inf),
+           floor=0.0),
+    Metric("unmatched_rate", "unmatched-trajectory rate", "strategy", (0.0, 1.0)),
+    Metric("vendi", "Vendi score (trajectory text)", "text", (1.0, math.inf), floor=1.0),
+    Metric("distinct_queries", "distinct queries", "text", (0.0, math.inf)),
+    Metric("response_length", "policy tokens per episode", "outcome", (0.0, math.inf)),
+    Metric("searches_mean", "searches per episode", "outcome", (0.0, math.inf)),
+    Metric("format_error_rate", "format-error rate", "outcome", (0.0, 1.0)),
+    Metric("cycle_rate", "reasoning-graph cycle rate", "graph", (0.0, 1.0)),
+    Metric("small_world", "reasoning-graph small-world index", "graph", (0.0, math.inf)),
+    Metric("query_cycle_rate", "query-graph cycle rate", "graph", (0.0, 1.0)),
 )
+_BY_NAME = {m.name: m for m in METRICS}
 
-#: Keys of one fixed-evaluation record (``eval.jsonl``).
-EVAL_KEYS = (
-    "step",
-    "accuracy",  # mean correctness over all held-out samples
-    "pass_at_1",
-    "pass_at_k",
-    "k",
-    "token_entropy",
-    "er_lc",
-    "er_raw",
-    "group_er",
-    "strategy_entropy",
-    "distinct_strategies",
-    "vendi",
-    "response_length",
-    "format_error_rate",
-    "searches_per_episode",
-)
 
-#: The collapse ratios of the table: value at the last evaluation / value at step 0.
-RATIO_KEYS = ("token_entropy", "er_lc", "group_er", "strategy_entropy", "distinct_strategies", "vendi")
+def metric(name: str) -> Metric:
+    """The catalogue entry of ``name``; pass@k keys get an outcome entry of range [0, 1]."""
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    if name.startswith("pass@"):
+        return Metric(name, name, "outcome", (0.0, 1.0))
+    return Metric(name, name, "other")
 
-_LABELS = {
-    "token_entropy": "token entropy (nats)",
-    "er_lc": "effective rank (length-controlled)",
-    "er_raw": "effective rank (raw)",
-    "group_er": "group ER",
-    "strategy_entropy": "strategy entropy (normalised)",
-    "distinct_strategies": "distinct strategies",
-    "vendi": "Vendi score",
-}
 
-# One colour per objective (tab10 order, fixed so figures of different runs agree),
-# one line style per warm start.
-_OBJECTIVE_ORDER = (
-    "grpo", "entropy_bonus", "clip_higher", "clip_cov", "kl_cov", "forking_tokens", "er_shaped",
-)
+#: Equivalence margins ("does not change" / "equal"), stated in the report. Accuracy: an
+#: absolute 0.05; a hidden-state or graph metric: 10 % of its RL-start value.
+ACCURACY_MARGIN = 0.05
+RELATIVE_MARGIN = 0.10
+#: The forced-collapse control passes when (collapsed - floor) / (original - floor) <= this.
+COLLAPSE_MAX_RATIO = 0.1
+#: The null control passes when this interval of replica A - replica B contains 0: with ~20
+#: metrics x 2 warm starts, a 95 % rule would fail about two sound instruments per run by chance.
+NULL_CONFIDENCE = 0.99
+#: The length control fails a length-free metric whose repeated-measures correlation with
+#: response length has |r| >= this and an interval that excludes 0.
+LENGTH_MAX_R = 0.5
+
+_OBJECTIVE_ORDER = ("grpo", "entropy_bonus", "clip_higher", "clip_cov", "kl_cov", "forking_tokens", "er_shaped")
 _WARM_STYLES = {"diverse": "-", "narrow": "--"}
-_EXTRA_STYLES = (":", "-.")
+
+
+# ----------------------------------------------------------------------------- loading
 
 
 @dataclass
@@ -97,11 +129,28 @@ class ArmData:
     wall_s: float | None = None
     steps: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
+    questions: list[dict] = field(default_factory=list)
 
     @property
     def group(self) -> tuple[str, str]:
         """Arms that differ only by seed share a group."""
         return (self.warm_start, self.objective)
+
+    def eval_steps(self, replica: str = "A") -> list[int]:
+        return sorted({int(r["step"]) for r in self.evals if r.get("replica", "A") == replica})
+
+    def per_question(self, step: int, name: str, replica: str = "A") -> dict[str, float]:
+        """{question: value} of metric ``name`` at evaluation ``step``."""
+        out = {}
+        for r in self.questions:
+            if int(r["step"]) == step and r.get("replica", "A") == replica:
+                v = _finite(r.get(name))
+                if v is not None:
+                    out[str(r["question"])] = v
+        return out
+
+    def eval_record(self, step: int, replica: str = "A") -> dict | None:
+        return next((r for r in self.evals if int(r["step"]) == step and r.get("replica", "A") == replica), None)
 
 
 def load_arms(run_dir: str | Path) -> list[ArmData]:
@@ -121,12 +170,10 @@ def load_arms(run_dir: str | Path) -> list[ArmData]:
         missing = [k for k in ("arm_id", "warm_start", "objective", "seed") if k not in meta]
         if missing:
             raise ValueError(f"{meta_path}: missing keys {missing}")
-        arm = ArmData(
-            arm_id=meta["arm_id"], warm_start=meta["warm_start"], objective=meta["objective"],
-            seed=int(meta["seed"]), status=meta.get("status", "ok"), error=meta.get("error"),
-            wall_s=meta.get("wall_s"),
-        )
-        for name, attr in (("metrics.jsonl", "steps"), ("eval.jsonl", "evals")):
+        arm = ArmData(arm_id=meta["arm_id"], warm_start=meta["warm_start"], objective=meta["objective"],
+                      seed=int(meta["seed"]), status=meta.get("status", "ok"), error=meta.get("error"),
+                      wall_s=meta.get("wall_s"))
+        for name, attr in (("metrics.jsonl", "steps"), ("eval.jsonl", "evals"), ("eval_questions.jsonl", "questions")):
             path = d / name
             if path.exists():
                 recs = read_jsonl(path)
@@ -138,9 +185,6 @@ def load_arms(run_dir: str | Path) -> list[ArmData]:
     return arms
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
 def _finite(x: Any) -> float | None:
     try:
         x = float(x)
@@ -149,262 +193,513 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def mean_ci(values: Iterable[float | None]) -> dict:
-    """Mean and 95% t-interval over seeds (``searchgym.metrics.stats.mean_ci``) as a dict;
-    the interval is null with fewer than 2 values."""
-    from searchgym.metrics.stats import mean_ci as _mean_ci
-
-    v = [x for x in (_finite(x) for x in values) if x is not None]
-    m, lo, hi = _mean_ci(v) if v else (None, None, None)
-    return {"mean": _finite(m), "ci_low": _finite(lo), "ci_high": _finite(hi), "n": len(v)}
+# ----------------------------------------------------------------------------- effects
 
 
-def spearman_ci(x: Sequence[float], y: Sequence[float]) -> dict:
-    """Spearman's rho with a Fisher-z 95% CI (``searchgym.metrics.stats.spearman_ci``) as a
-    dict; rho is null with fewer than 4 finite pairs or a constant series."""
-    from searchgym.metrics.stats import spearman_ci as _spearman
+def _diff_bounds(m: Metric) -> tuple[float, float] | None:
+    if m.bounds is None or not all(math.isfinite(b) for b in m.bounds):
+        return None
+    lo, hi = m.bounds
+    return (lo - hi, hi - lo)
 
-    pairs = [(a, b) for a, b in zip(x, y) if _finite(a) is not None and _finite(b) is not None]
-    out: dict = {"rho": None, "ci_low": None, "ci_high": None, "p_value": None, "n": len(pairs)}
-    if len(pairs) < 4:
-        return out
-    a, b = np.array(pairs, dtype=float).T
-    res = _spearman(a, b)
-    if _finite(res.rho) is None or _finite(res.lo) is None:
-        return out
-    out.update(rho=res.rho, ci_low=res.lo, ci_high=res.hi, p_value=_finite(res.p))
+
+def _effect(a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str, float]], m: Metric,
+            seed: int = 0) -> dict:
+    """Paired difference a - b (seeds -> questions -> value) with its interval and MDE."""
+    seeds = sorted(set(a) & set(b))
+    a = {s: a[s] for s in seeds if a[s]}
+    b = {s: b[s] for s in seeds if b[s]}
+    if not a or not b:
+        return {"estimate": None, "ci_low": None, "ci_high": None, "mde": None, "n_seeds": 0,
+                "reason": "no paired data"}
+    r = st.paired_difference(a, b, bounds=_diff_bounds(m), seed=seed)
+    d = _result_dict(r)
+    d["_result"] = r
+    return d
+
+
+def _result_dict(r: "st.BootstrapResult") -> dict:
+    return {"estimate": _finite(r.estimate), "ci_low": _finite(r.ci_low), "ci_high": _finite(r.ci_high),
+            "mde": _finite(r.mde()), "se": _finite(r.se), "n_seeds": r.n_seeds, "n_questions": r.n_questions,
+            "method": r.method, "reason": r.reason or None}
+
+
+def _level(arms: list[ArmData], step_of, m: Metric, replica: str = "A") -> dict:
+    """Mean of metric ``m`` over seeds then questions at each arm's ``step_of(arm)``, with its
+    hierarchical-bootstrap interval."""
+    vals = {a.seed: a.per_question(step_of(a), m.name, replica) for a in arms}
+    vals = {s: v for s, v in vals.items() if v}
+    if not vals:
+        return {"estimate": None, "ci_low": None, "ci_high": None}
+    return _result_dict(st.hierarchical_bootstrap(vals, bounds=m.bounds if m.bounds and all(
+        math.isfinite(x) for x in m.bounds) else None))
+
+
+def _final_step(arm: ArmData) -> int:
+    steps = arm.eval_steps()
+    return steps[-1] if steps else 0
+
+
+def _by_seed(arms: list[ArmData], step_of, name: str, replica: str = "A") -> dict[int, dict[str, float]]:
+    return {a.seed: a.per_question(step_of(a), name, replica) for a in arms}
+
+
+# ----------------------------------------------------------------------------- controls
+
+
+def control_status(ok: list[ArmData], names: list[str]) -> dict[str, dict]:
+    """Every control of every metric, and whether the metric may be used.
+
+    - forced collapse (between-sample metrics): the evaluation recomputed with each
+      question's samples replaced by copies of one; passes when every evaluation's
+      (collapsed - floor) / (original - floor) <= COLLAPSE_MAX_RATIO;
+    - null: replica A - replica B of the RL-start model, per warm start; passes when its
+      NULL_CONFIDENCE interval contains 0; the half-width of its 95 % interval is the
+      metric's noise floor;
+    - untrained model (content metrics): the same token sequences teacher-forced through the
+      trained and the untrained initial model at the RL start; passes when the paired
+      difference's interval excludes 0;
+    - length (length-free metrics): repeated-measures correlation with response length over
+      questions at the RL start (subject: warm start x seed); fails when |r| >= LENGTH_MAX_R
+      and its interval excludes 0.
+    """
+    out: dict[str, dict] = {}
+    warm_starts = sorted({a.warm_start for a in ok})
+    starts = _start_arms(ok)  # one arm per (warm start, seed): the RL-start evaluation is shared
+    for name in names:
+        m = metric(name)
+        row: dict = {"metric": name, "label": m.label, "failed": []}
+        # -- forced collapse
+        if m.floor is not None:
+            ratios = []
+            for a in ok:
+                for r in a.evals:
+                    c = ((r.get("controls") or {}).get("forced_collapse") or {}).get(name)
+                    if isinstance(c, dict) and _finite(c.get("ratio")) is not None:
+                        ratios.append(float(c["ratio"]))
+                    elif isinstance(c, dict) and _finite(c.get("original")) is not None and \
+                            _finite(c.get("collapsed")) is not None and float(c["original"]) != m.floor:
+                        ratios.append((float(c["collapsed"]) - m.floor) / (float(c["original"]) - m.floor))
+            if ratios:
+                worst = max(ratios)
+                row["collapse"] = {"max_ratio": worst, "mean_ratio": float(np.mean(ratios)), "n": len(ratios),
+                                   "passed": worst <= COLLAPSE_MAX_RATIO}
+                if worst > COLLAPSE_MAX_RATIO:
+                    row["failed"].append("forced collapse")
+        # -- null
+        nulls = {}
+        for w in warm_starts:
+            arms_w = [a for a in starts if a.warm_start == w]
+            e = _effect(_by_seed(arms_w, lambda a: 0, name, "A"), _by_seed(arms_w, lambda a: 0, name, "B"), m)
+            r = e.pop("_result", None)
+            if r is not None and e["estimate"] is not None:
+                lo, hi = (_finite(v) for v in r.interval(NULL_CONFIDENCE))
+                e["ci99_low"], e["ci99_high"] = lo, hi
+                e["passed"] = lo is not None and lo <= 0 <= hi
+                e["noise_floor"] = (e["ci_high"] - e["ci_low"]) / 2
+                nulls[w] = e
+        if nulls:
+            row["null"] = nulls
+            if not all(v["passed"] for v in nulls.values()):
+                row["failed"].append("null")
+        # -- untrained model
+        if m.content:
+            unt = {}
+            for w in warm_starts:
+                arms_w = [a for a in starts if a.warm_start == w]
+                e = _effect(_by_seed(arms_w, lambda a: 0, f"trained_tf/{name}"),
+                            _by_seed(arms_w, lambda a: 0, f"untrained_tf/{name}"), m)
+                e.pop("_result", None)
+                if e["estimate"] is not None:
+                    e["passed"] = not (e["ci_low"] <= 0 <= e["ci_high"])
+                    unt[w] = e
+            if unt:
+                row["untrained"] = unt
+                if not all(v["passed"] for v in unt.values()):
+                    row["failed"].append("untrained model")
+        # -- length
+        if m.length_free:
+            xs, ys, subj = [], [], []
+            for a in starts:
+                lens = a.per_question(0, "response_length")
+                for q, v in a.per_question(0, name).items():
+                    if q in lens:
+                        xs.append(v), ys.append(lens[q]), subj.append(f"{a.warm_start}-{a.seed}")
+            c = st.repeated_measures_correlation(xs, ys, subj) if len(xs) >= 4 else None
+            if c is not None and _finite(c.r) is not None:
+                tracks = abs(c.r) >= LENGTH_MAX_R and not (c.ci_low <= 0 <= c.ci_high)
+                row["length"] = {"r": c.r, "ci_low": _finite(c.ci_low), "ci_high": _finite(c.ci_high), "n": c.n,
+                                 "passed": not tracks}
+                if tracks:
+                    row["failed"].append("length")
+        row["usable"] = not row["failed"]
+        out[name] = row
     return out
 
 
-def fit_law(entropy: Sequence[float], reward: Sequence[float]) -> dict:
-    """Fit R = -a*exp(H) + b over a run's steps (``searchgym.metrics.fit_entropy_law``):
-    a, b, R^2 and the predicted ceiling -a + b (null when the fit is undefined)."""
-    from searchgym.metrics.stats import fit_entropy_law
-
-    h = np.array([_finite(v) if _finite(v) is not None else np.nan for v in entropy], dtype=float)
-    r = np.array([_finite(v) if _finite(v) is not None else np.nan for v in reward], dtype=float)
-    fit = fit_entropy_law(h, r)
-    return {"a": _finite(fit.a), "b": _finite(fit.b), "r2": _finite(fit.r2), "ceiling": _finite(fit.ceiling),
-            "n": fit.n, "note": fit.reason or None}
-
-
-def _ratio(first: Any, last: Any) -> float | None:
-    f, l = _finite(first), _finite(last)
-    if f is None or l is None or f == 0:
-        return None
-    return l / f
-
-
-def _series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(r["step"], _finite(r.get(key))) for r in records]
-    pts = [(s, v) for s, v in pts if v is not None]
-    if not pts:
-        return np.zeros(0), np.zeros(0)
-    s, v = np.array(pts, dtype=float).T
-    return s, v
-
-
-def _normalised(records: list[dict], key: str) -> dict[int, float]:
-    """``key`` per step divided by its value at the first step that has it."""
-    s, v = _series(records, key)
-    if v.size == 0 or v[0] == 0:
-        return {}
-    return {int(a): float(b / v[0]) for a, b in zip(s, v)}
+def _start_arms(ok: list[ArmData]) -> list[ArmData]:
+    seen, out = set(), []
+    for a in sorted(ok, key=lambda a: (_obj_rank(a.objective), a.arm_id)):
+        if (a.warm_start, a.seed) not in seen and a.eval_record(0, "A") is not None:
+            seen.add((a.warm_start, a.seed))
+            out.append(a)
+    return out
 
 
 # ----------------------------------------------------------------------------- analysis
-
-
-def _group_label(group: tuple[str, str]) -> str:
-    return f"{group[1]} / {group[0]}"
-
-
-def _seed_mean_series(arms: list[ArmData], key: str, source: str = "steps") -> tuple[np.ndarray, np.ndarray]:
-    """Mean over seeds at the steps every seed logged."""
-    per = []
-    for arm in arms:
-        s, v = _series(getattr(arm, source), key)
-        per.append(dict(zip(s.tolist(), v.tolist())))
-    if not per:
-        return np.zeros(0), np.zeros(0)
-    common = sorted(set.intersection(*(set(p) for p in per)))
-    return np.array(common), np.array([np.mean([p[c] for p in per]) for c in common])
-
-
-def analyse(arms: list[ArmData], meta: dict | None = None, best_margin: float = 0.02) -> dict:
-    """Every number of the report, as a JSON-ready dict."""
-    meta = dict(meta or {})
-    ok = [a for a in arms if a.status == "ok" and a.evals]
-    failed = [a for a in arms if a not in ok]
-    groups: dict[tuple[str, str], list[ArmData]] = {}
-    for a in ok:
-        groups.setdefault(a.group, []).append(a)
-
-    # -- per-arm-group table: final outcome and collapse ratios, mean and CI over seeds
-    table = []
-    for g, members in sorted(groups.items(), key=lambda kv: (_obj_rank(kv[0][1]), kv[0][0])):
-        row: dict = {"warm_start": g[0], "objective": g[1], "seeds": sorted(a.seed for a in members)}
-        last = [a.evals[-1] for a in members]
-        first = [a.evals[0] for a in members]
-        row["final_step"] = int(max(r["step"] for r in last))
-        row["k"] = next((int(r["k"]) for r in last if _finite(r.get("k")) is not None), None)
-        for key in ("accuracy", "pass_at_1", "pass_at_k", "strategy_entropy", "token_entropy", "er_lc"):
-            row[f"final_{key}"] = mean_ci(r.get(key) for r in last)
-        row["start_accuracy"] = mean_ci(r.get("accuracy") for r in first)
-        row["ratios"] = {k: mean_ci(_ratio(f.get(k), l.get(k)) for f, l in zip(first, last)) for k in RATIO_KEYS}
-        row["raw_er_ratio"] = mean_ci(_ratio(f.get("er_raw"), l.get("er_raw")) for f, l in zip(first, last))
-        row["length_ratio"] = mean_ci(
-            _ratio(f.get("response_length"), l.get("response_length")) for f, l in zip(first, last)
-        )
-        # training-step token entropy: last 10% of steps over the first 10% (less noisy
-        # than two single steps); this is the "did entropy visibly fall" number
-        row["train_entropy_ratio"] = mean_ci(_train_ratio(a.steps, "token_entropy") for a in members)
-        hs = [r.get("token_entropy") for a in members for r in a.steps]
-        rs = [r.get("reward") for a in members for r in a.steps]
-        row["law"] = fit_law(hs, rs)
-        row["wall_s"] = mean_ci(a.wall_s for a in members)
-        share = [
-            _share(a.steps) for a in members
-        ]
-        row["metrics_share"] = mean_ci(share)
-        table.append(row)
-
-    findings = _findings(ok, table, best_margin)
-    return _clean({
-        "meta": meta,
-        "arms": [
-            {"arm_id": a.arm_id, "warm_start": a.warm_start, "objective": a.objective, "seed": a.seed,
-             "status": a.status if a in ok else ("failed" if a.status == "failed" else "no_eval"),
-             "error": a.error, "wall_s": a.wall_s, "steps": len(a.steps), "evals": len(a.evals)}
-            for a in arms
-        ],
-        "failed_arms": [{"arm_id": a.arm_id, "error": a.error or "no evaluation records"} for a in failed],
-        "table": table,
-        "findings": findings,
-    })
 
 
 def _obj_rank(obj: str) -> int:
     return _OBJECTIVE_ORDER.index(obj) if obj in _OBJECTIVE_ORDER else len(_OBJECTIVE_ORDER)
 
 
-def _train_ratio(steps: list[dict], key: str) -> float | None:
-    _, v = _series(steps, key)
-    if v.size < 2:
-        return None
-    w = max(1, v.size // 10)
-    return _ratio(v[:w].mean(), v[-w:].mean())
+def _metric_names(ok: list[ArmData]) -> list[str]:
+    present = set()
+    for a in ok:
+        for r in a.questions:
+            present.update(k for k, v in r.items() if _finite(v) is not None)
+    names = [m.name for m in METRICS if m.name in present]
+    names += sorted(k for k in present if k.startswith("pass@") and not k.endswith("_groups"))
+    return names
 
 
-def _share(steps: list[dict]) -> float | None:
-    st = sum(_finite(r.get("step_time_s")) or 0.0 for r in steps)
-    mt = sum(_finite(r.get("metrics_time_s")) or 0.0 for r in steps)
-    return mt / st if st > 0 else None
+def _mechanism(arms: list[ArmData], objective: str) -> dict:
+    from searchgym.training.diagnostics import summarize_mechanism
+
+    steps = [r for a in arms for r in a.steps]
+    try:
+        return dict(summarize_mechanism(steps, objective))
+    except (KeyError, ValueError) as exc:
+        return {"reason": f"no mechanism diagnostics: {exc}"}
 
 
-def _verdict(c: dict, what: str) -> str:
-    if c["rho"] is None:
-        return f"{what}: not enough varying data (n={c['n']}) to estimate a correlation."
-    lo, hi = c["ci_low"], c["ci_high"]
-    if lo <= 0 <= hi:
-        return (f"{what}: no effect detected (Spearman rho = {c['rho']:.2f}, 95% CI "
-                f"[{lo:.2f}, {hi:.2f}] includes 0, n = {c['n']}).")
-    direction = "move together" if c["rho"] > 0 else "move in opposite directions"
-    return (f"{what}: they {direction} (Spearman rho = {c['rho']:.2f}, 95% CI [{lo:.2f}, {hi:.2f}], "
-            f"n = {c['n']}).")
+def analyse(arms: list[ArmData], meta: dict | None = None) -> dict:
+    """Every number of the report, as a JSON-ready dict."""
+    meta = dict(meta or {})
+    ok = [a for a in arms if a.status == "ok" and a.eval_record(0, "A") is not None]
+    failed = [a for a in arms if a not in ok]
+    groups: dict[tuple[str, str], list[ArmData]] = {}
+    for a in ok:
+        groups.setdefault(a.group, []).append(a)
+    names = _metric_names(ok)
+    controls = control_status(ok, names)
+
+    # per arm group: levels at the RL start and the end, and the paired change
+    table = []
+    for g, members in sorted(groups.items(), key=lambda kv: (_obj_rank(kv[0][1]), kv[0][0])):
+        members = sorted(members, key=lambda a: a.seed)
+        row: dict = {"warm_start": g[0], "objective": g[1], "seeds": [a.seed for a in members],
+                     "final_step": min(_final_step(a) for a in members), "metrics": {}}
+        for name in names:
+            m = metric(name)
+            ch = _effect(_by_seed(members, _final_step, name), _by_seed(members, lambda a: 0, name), m)
+            ch.pop("_result", None)
+            row["metrics"][name] = {"start": _level(members, lambda a: 0, m), "final": _level(members, _final_step, m),
+                                    "change": ch}
+        row["mechanism"] = _mechanism(members, g[1])
+        row["collapse_criterion"] = collapse_criterion(members)
+        row["law"] = _law(members)
+        row["wall_s"] = float(np.mean([a.wall_s for a in members if a.wall_s is not None] or [math.nan]))
+        row["metrics_share"] = _metrics_share(members)
+        table.append(row)
+
+    vs_grpo = _vs_grpo(groups, names)
+    warm_cmp = _warm_start_comparison(groups, names)
+    correlations = _correlations(ok)
+    claims = _claims(groups, controls, vs_grpo, warm_cmp, table)
+    return _clean({
+        "meta": meta,
+        "rules": _rules(),
+        "arms": [{"arm_id": a.arm_id, "warm_start": a.warm_start, "objective": a.objective, "seed": a.seed,
+                  "status": a.status if a in ok else ("failed" if a.status == "failed" else "no_eval"),
+                  "error": a.error, "wall_s": a.wall_s, "steps": len(a.steps), "evals": len(a.evals)}
+                 for a in arms],
+        "failed_arms": [{"arm_id": a.arm_id, "error": a.error or "no evaluation records"} for a in failed],
+        "claims": claims,
+        "controls": controls,
+        "table": table,
+        "vs_grpo": vs_grpo,
+        "warm_start_comparison": warm_cmp,
+        "correlations": correlations,
+    })
 
 
-def _paired_ratios(arms: list[ArmData], kx: str, ky: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    for a in arms:
-        nx, ny = _normalised(a.steps, kx), _normalised(a.steps, ky)
-        for s in sorted(set(nx) & set(ny)):
-            xs.append(nx[s])
-            ys.append(ny[s])
-    return xs, ys
+#: The pilot's collapse criterion: RL has made the phenomenon when token entropy falls to at
+#: most this share of its start (../shared/RESEARCH.md section 2).
+COLLAPSE_CRITERION = 0.5
 
 
-def _findings(ok: list[ArmData], table: list[dict], margin: float) -> dict:
-    f: dict = {}
-    # correlations over steps, pooled across arms, on series normalised to each arm's RL
-    # start (so arms with different absolute levels are comparable)
-    for ky, name in (("er_lc", "token_entropy_vs_er_lc"), ("strategy_entropy", "token_entropy_vs_strategy_entropy"),
-                     ("er_raw", "token_entropy_vs_er_raw")):
-        xs, ys = _paired_ratios(ok, "token_entropy", ky)
-        c = spearman_ci(xs, ys)
-        c["per_arm"] = {a.arm_id: spearman_ci(*_paired_ratios([a], "token_entropy", ky))["rho"] for a in ok}
-        f[name] = c
-    f["token_entropy_vs_er_lc"]["text"] = _verdict(f["token_entropy_vs_er_lc"], "Token entropy vs length-controlled ER over steps")
-    f["token_entropy_vs_strategy_entropy"]["text"] = _verdict(
-        f["token_entropy_vs_strategy_entropy"], "Token entropy vs strategy entropy over steps")
+def collapse_criterion(members: list[ArmData]) -> dict:
+    """Did token entropy fall to <= COLLAPSE_CRITERION of its start in every seed? Two
+    readings: the training rollouts (mean ``entropy_mean`` of the last 10 % of steps over
+    the first 10 %) and the fixed evaluation (final over RL start). A ratio, not a
+    difference, because the criterion is stated as one; entropy starts well above 0."""
+    train, ev = {}, {}
+    for a in members:
+        v = [x for x in (_finite(r.get("entropy_mean")) for r in a.steps) if x is not None]
+        if len(v) >= 2:
+            w = max(1, len(v) // 10)
+            first = float(np.mean(v[:w]))
+            if first > 1e-6:
+                train[a.seed] = float(np.mean(v[-w:])) / first
+        h0 = _finite((a.eval_record(0) or {}).get("entropy"))
+        h1 = _finite((a.eval_record(_final_step(a)) or {}).get("entropy"))
+        if h0 and h1 is not None and _final_step(a) > 0:
+            ev[a.seed] = h1 / h0
+    met = bool(train) and all(v <= COLLAPSE_CRITERION for v in train.values())
+    return {"threshold": COLLAPSE_CRITERION, "train_entropy_ratio": train, "eval_entropy_ratio": ev,
+            "met": met if train else None}
 
-    # grpo collapse check
-    grpo = [r for r in table if r["objective"] == "grpo"]
-    f["grpo_entropy_ratio"] = {r["warm_start"]: r["train_entropy_ratio"]["mean"] for r in grpo}
-    falls = [v for v in f["grpo_entropy_ratio"].values() if v is not None]
-    if not falls:
-        f["grpo_text"] = "No grpo arm finished, so entropy collapse under plain GRPO was not measured."
-    else:
-        fell = all(v < 0.9 for v in falls)
-        vals = ", ".join(f"{k}: {v:.2f}" for k, v in f["grpo_entropy_ratio"].items() if v is not None)
-        f["grpo_text"] = (
-            f"Plain GRPO token entropy, last/first 10% of steps: {vals}. "
-            + ("Entropy fell visibly (below 0.9 of its start) in every grpo arm."
-               if fell else "Entropy did NOT fall below 0.9 of its start in every grpo arm, so the run may be "
-               "too short to measure collapse.")
-        )
 
-    # which arms keep strategy entropy highest at near-best accuracy
-    scored = [r for r in table if r["final_accuracy"]["mean"] is not None]
-    if scored:
-        best = max(r["final_accuracy"]["mean"] for r in scored)
-        near = [r for r in scored if r["final_accuracy"]["mean"] >= best - margin]
-        near.sort(key=lambda r: -(r["final_strategy_entropy"]["mean"] if r["final_strategy_entropy"]["mean"] is not None else -1))
-        f["best_accuracy"] = best
-        f["accuracy_margin"] = margin
-        f["near_best"] = [
-            {"warm_start": r["warm_start"], "objective": r["objective"], "accuracy": r["final_accuracy"]["mean"],
-             "strategy_entropy": r["final_strategy_entropy"]["mean"]}
-            for r in near
-        ]
-        top = f["near_best"][0]
-        others = [r for r in f["near_best"][1:] if r["strategy_entropy"] is not None]
-        gap = (top["strategy_entropy"] - others[0]["strategy_entropy"]) if others and top["strategy_entropy"] is not None else None
-        f["near_best_text"] = (
-            f"Best final accuracy {best:.3f}; {len(near)} arm group(s) within {margin:.2f} of it. Highest strategy "
-            f"entropy among them: {top['objective']} / {top['warm_start']} "
-            f"({_fmt(top['strategy_entropy'])})"
-            + (f", ahead of the next by {gap:.3f}." if gap is not None else ".")
-        )
-    else:
-        f["near_best"] = []
-        f["near_best_text"] = "No arm finished with an evaluation, so no accuracy comparison is possible."
+def _metrics_share(members: list[ArmData]) -> float | None:
+    stp = sum(_finite(r.get("time_step_s")) or 0.0 for a in members for r in a.steps)
+    mt = sum(_finite(r.get("metrics_time_s")) or 0.0 for a in members for r in a.steps)
+    return mt / stp if stp > 0 else None
 
-    # length confound: raw ER tracks length? compare with the length-controlled ER
-    xs_raw, ys_len = _paired_ratios(ok, "er_raw", "response_length")
-    xs_lc, ys_len2 = _paired_ratios(ok, "er_lc", "response_length")
-    raw_len = spearman_ci(xs_raw, ys_len)
-    lc_len = spearman_ci(xs_lc, ys_len2)
-    f["er_raw_vs_length"], f["er_lc_vs_length"] = raw_len, lc_len
-    if raw_len["rho"] is None or lc_len["rho"] is None:
-        f["length_text"] = "Not enough varying data to check the length confound."
-    else:
-        confounded = not (raw_len["ci_low"] <= 0 <= raw_len["ci_high"])
-        f["length_text"] = (
-            f"Raw ER vs response length over steps: rho = {raw_len['rho']:.2f} "
-            f"[{raw_len['ci_low']:.2f}, {raw_len['ci_high']:.2f}]; length-controlled ER vs length: "
-            f"rho = {lc_len['rho']:.2f} [{lc_len['ci_low']:.2f}, {lc_len['ci_high']:.2f}]. "
-            + ("Raw ER tracks response length, so read the length-controlled ER."
-               if confounded and abs(raw_len["rho"]) > abs(lc_len["rho"])
-               else "No length confound detected: raw ER does not track length more than the length-controlled ER.")
-        )
-    return f
+
+def _law(members: list[ArmData]) -> dict:
+    """R = -a exp(H) + b on the fixed-evaluation points (accuracy vs token entropy) of every
+    evaluation of the group's seeds, with bootstrap intervals and identification flags."""
+    pts = {}
+    for a in members:
+        p = []
+        for s in a.eval_steps():
+            r = a.eval_record(s)
+            h, acc = _finite(r.get("entropy")), _finite(r.get("accuracy"))
+            if h is not None and acc is not None:
+                p.append((h, acc))
+        if p:
+            pts[a.seed] = p
+    if not pts:
+        return {"reason": "no evaluation points"}
+    fit = st.fit_entropy_law_bootstrap(pts)
+    return fit.to_dict() if hasattr(fit, "to_dict") else dict(fit.__dict__)
+
+
+def _vs_grpo(groups: dict, names: list[str]) -> list[dict]:
+    """Objective - GRPO at the end, paired within seed and warm start, per metric; accuracy
+    also as a TOST equivalence test with margin ACCURACY_MARGIN."""
+    out = []
+    for (w, obj), members in sorted(groups.items(), key=lambda kv: (_obj_rank(kv[0][1]), kv[0][0])):
+        base = groups.get((w, "grpo"))
+        if obj == "grpo" or not base:
+            continue
+        row = {"warm_start": w, "objective": obj, "metrics": {}}
+        for name in names:
+            m = metric(name)
+            e = _effect(_by_seed(members, _final_step, name), _by_seed(base, _final_step, name), m)
+            r = e.pop("_result", None)
+            if name == "accuracy" and r is not None:
+                eq = st.equivalence_test(r, ACCURACY_MARGIN)
+                e["equivalence"] = eq.to_dict()
+            row["metrics"][name] = e
+        out.append(row)
+    return out
+
+
+def _warm_start_comparison(groups: dict, names: list[str]) -> list[dict]:
+    """Diverse - narrow, paired within seed (same questions, same sampling seeds), at the RL
+    start and at the end, per objective."""
+    out = []
+    for obj in sorted({g[1] for g in groups}, key=_obj_rank):
+        d, n = groups.get(("diverse", obj)), groups.get(("narrow", obj))
+        if not d or not n:
+            continue
+        row = {"objective": obj, "start": {}, "final": {}}
+        for name in names:
+            m = metric(name)
+            for when, step_of in (("start", lambda a: 0), ("final", _final_step)):
+                e = _effect(_by_seed(d, step_of, name), _by_seed(n, step_of, name), m)
+                e.pop("_result", None)
+                row[when][name] = e
+        out.append(row)
+    return out
+
+
+_CORRELATION_PAIRS = (("entropy", "group_er_resid"), ("entropy", "aligned_er"), ("entropy", "strategy_entropy"),
+                      ("entropy", "cycle_rate"))
+
+
+def _correlations(ok: list[ArmData]) -> list[dict]:
+    """Token entropy against the hidden-state and strategy metrics, two ways that respect
+    the dependence of steps within an arm: Spearman over per-arm changes (final - start of
+    the evaluation means; n = arms) and the repeated-measures correlation over evaluation
+    points (subject = arm)."""
+    out = []
+    for kx, ky in _CORRELATION_PAIRS:
+        dx, dy, xs, ys, subj = {}, {}, [], [], []
+        for a in ok:
+            steps = a.eval_steps()
+            vx = [_finite((a.eval_record(s) or {}).get(kx)) for s in steps]
+            vy = [_finite((a.eval_record(s) or {}).get(ky)) for s in steps]
+            pairs = [(x, y) for x, y in zip(vx, vy) if x is not None and y is not None]
+            if len(pairs) >= 2:
+                dx[a.arm_id], dy[a.arm_id] = pairs[-1][0] - pairs[0][0], pairs[-1][1] - pairs[0][1]
+            for x, y in pairs:
+                xs.append(x), ys.append(y), subj.append(a.arm_id)
+        if not xs:
+            continue
+        ch = st.change_correlation(dx, dy)
+        rm = st.repeated_measures_correlation(xs, ys, subj)
+        out.append({"x": kx, "y": ky, "change": ch.to_dict(), "repeated_measures": rm.to_dict()})
+    return out
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+def _rules() -> dict:
+    return {
+        "decrease": st.verdict_rule("decrease"),
+        "increase": st.verdict_rule("increase"),
+        "zero": st.verdict_rule("zero", margin=RELATIVE_MARGIN).replace(
+            f"+-{RELATIVE_MARGIN:g}", f"+-margin ({RELATIVE_MARGIN:.0%} of the RL-start value)"),
+        "equal_accuracy": f"accuracy is equal when the 90 % interval of objective - GRPO lies within "
+                          f"+-{ACCURACY_MARGIN} (TOST at alpha 0.05)",
+        "objective": (f"an objective keeps diversity at equal accuracy (supported) when its strategy-entropy "
+                      f"difference to GRPO is supported as an increase AND accuracy is equal; contradicted when the "
+                      f"strategy-entropy difference is contradicted or its accuracy interval lies wholly below "
+                      f"-{ACCURACY_MARGIN}; otherwise inconclusive"),
+        "controls": ("a metric is used for a claim only if it passed every control that applies to it, otherwise "
+                     "the claim is 'not tested': forced collapse (between-sample metrics: (collapsed - floor) / "
+                     f"(original - floor) <= {COLLAPSE_MAX_RATIO} in every evaluation), null (replica A - B of the "
+                     f"RL-start model: the {NULL_CONFIDENCE:.0%} interval contains 0), untrained model (hidden-state "
+                     "metrics: trained - untrained on the same tokens, 95 % interval excludes 0), length "
+                     f"(length-free metrics: not |r| >= {LENGTH_MAX_R} with an interval excluding 0)"),
+        "mechanism": _mechanism_rule(),
+        "margins": f"'does not change' margins: {RELATIVE_MARGIN:.0%} of the metric's RL-start value "
+                   f"(hidden-state and graph metrics); accuracy: +-{ACCURACY_MARGIN} absolute",
+    }
+
+
+def _mechanism_rule() -> str:
+    from searchgym.training.diagnostics import EQUIVALENCE_RULE
+
+    return EQUIVALENCE_RULE
+
+
+def _claim_row(claim: str, measurement: str, name: str, effect: dict, direction: str, controls: dict,
+               margin: float | None = None, scope: str = "") -> dict:
+    row = {"claim": claim, "scope": scope, "metric": name, "measurement": measurement,
+           "effect": {k: v for k, v in effect.items() if k != "_result"}, "direction": direction,
+           "control": _control_text(controls.get(name))}
+    if controls.get(name) is not None and not controls[name]["usable"]:
+        row["verdict"] = "not tested (instrument failed: " + ", ".join(controls[name]["failed"]) + ")"
+        return row
+    r = effect.get("_result")
+    if r is None:
+        row["verdict"] = "not measured (" + (effect.get("reason") or "no data") + ")"
+        return row
+    v = st.verdict(r, direction=direction, margin=margin)
+    row["verdict"] = v.outcome
+    row["verdict_reason"] = v.reason
+    row["margin"] = margin
+    return row
+
+
+def _mech_text(mech: dict | None) -> str:
+    """An objective's mechanism verdict with the figures that decided it."""
+    if not mech:
+        return "n/a"
+    if not mech.get("verdict"):
+        return mech.get("reason") or "n/a"
+    bits = []
+    if mech.get("grad_cos_grpo_median") is not None:
+        bits.append(f"grad cos to GRPO {mech['grad_cos_grpo_median']:.4f}")
+    if mech.get("mechanism_share_median") is not None:
+        bits.append(f"acts on {100 * mech['mechanism_share_median']:.2f}% of tokens")
+    return mech["verdict"] + (f" ({', '.join(bits)})" if bits else "")
+
+
+def _control_text(c: dict | None) -> str:
+    if c is None:
+        return "n/a"
+    parts = []
+    if "collapse" in c:
+        parts.append(f"collapse {c['collapse']['max_ratio']:.2f}{'' if c['collapse']['passed'] else ' FAILED'}")
+    if "null" in c:
+        ok = all(v["passed"] for v in c["null"].values())
+        floor = max(v["noise_floor"] for v in c["null"].values())
+        parts.append(f"null +-{floor:.3g}{'' if ok else ' FAILED'}")
+    if "untrained" in c:
+        ok = all(v["passed"] for v in c["untrained"].values())
+        parts.append("untrained " + ("differs" if ok else "FAILED (no difference)"))
+    if "length" in c:
+        parts.append(f"length r={c['length']['r']:.2f}{'' if c['length']['passed'] else ' FAILED'}")
+    return "; ".join(parts) or "none applies"
+
+
+def _claims(groups: dict, controls: dict, vs_grpo: list[dict], warm_cmp: list[dict], table: list[dict]) -> list[dict]:
+    rows = []
+    rows_by = {(r["warm_start"], r["objective"]): r for r in table}
+
+    def change_effect(w: str, obj: str, name: str) -> dict:
+        members = groups.get((w, obj)) or []
+        return _effect(_by_seed(members, _final_step, name), _by_seed(members, lambda a: 0, name), metric(name))
+
+    def start_value(w: str, obj: str, name: str) -> float | None:
+        r = rows_by.get((w, obj))
+        return r["metrics"].get(name, {}).get("start", {}).get("estimate") if r else None
+
+    for w in sorted({g[0] for g in groups}):
+        if (w, "grpo") not in groups:
+            continue
+        scope = f"grpo / {w}"
+        rows.append(_claim_row("Token entropy collapses under RL", "final - RL start, token entropy (nats)",
+                               "entropy", change_effect(w, "grpo", "entropy"), "decrease", controls, scope=scope))
+        for name in ("group_er_resid", "aligned_er"):
+            sv = start_value(w, "grpo", name)
+            margin = RELATIVE_MARGIN * sv if sv else None
+            rows.append(_claim_row("Hidden-state rank does not collapse", f"final - RL start, {metric(name).label}",
+                                   name, change_effect(w, "grpo", name), "zero", controls, margin=margin, scope=scope))
+        rows.append(_claim_row("Strategies collapse under RL", "final - RL start, " + metric("strategy_entropy").label,
+                               "strategy_entropy", change_effect(w, "grpo", "strategy_entropy"), "decrease", controls,
+                               scope=scope))
+        if "cycle_rate" in controls:
+            rows.append(_claim_row("Cycles survive token-entropy collapse", "final - RL start, reasoning-graph cycle rate",
+                                   "cycle_rate", change_effect(w, "grpo", "cycle_rate"), "zero", controls,
+                                   margin=RELATIVE_MARGIN * (start_value(w, "grpo", "cycle_rate") or 0) or None,
+                                   scope=scope))
+    for row in warm_cmp:
+        if row["objective"] != "grpo":
+            continue
+        d, n = groups[("diverse", "grpo")], groups[("narrow", "grpo")]
+        e = _effect(_by_seed(d, _final_step, "strategy_entropy"), _by_seed(n, _final_step, "strategy_entropy"),
+                    metric("strategy_entropy"))
+        rows.append(_claim_row("Diverse SFT keeps strategy breadth through RL",
+                               "diverse - narrow at the end, " + metric("strategy_entropy").label, "strategy_entropy",
+                               e, "increase", controls, scope="grpo"))
+    for vg in vs_grpo:
+        w, obj = vg["warm_start"], vg["objective"]
+        members, base = groups[(w, obj)], groups[(w, "grpo")]
+        div = _effect(_by_seed(members, _final_step, "strategy_entropy"), _by_seed(base, _final_step, "strategy_entropy"),
+                      metric("strategy_entropy"))
+        row = _claim_row(f"{obj} keeps strategy diversity at equal accuracy",
+                         f"{obj} - grpo at the end, strategy entropy; accuracy TOST +-{ACCURACY_MARGIN}",
+                         "strategy_entropy", div, "increase", controls, scope=f"{obj} / {w}")
+        eq = vg["metrics"].get("accuracy", {}).get("equivalence")
+        row["accuracy_equivalence"] = eq
+        row["mechanism"] = _mech_text((rows_by.get((w, obj)) or {}).get("mechanism"))
+        if row["verdict"] in ("supported", "contradicted", "inconclusive at this power") and eq is not None:
+            acc = vg["metrics"]["accuracy"]
+            below = acc.get("ci_high") is not None and acc["ci_high"] < -ACCURACY_MARGIN
+            if row["verdict"] == "supported" and not eq.get("equivalent"):
+                row["verdict"] = "contradicted" if below else "inconclusive at this power"
+                row["verdict_reason"] = "diversity rises but accuracy is not shown equal (TOST)"
+            elif below:
+                row["verdict"] = "contradicted"
+                row["verdict_reason"] = "accuracy is lower than GRPO's by more than the margin"
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- JSON
 
 
 def _clean(obj: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, non-finite floats to None."""
+    """JSON-ready: numpy scalars to Python, non-finite floats to None, results dropped."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): _clean(v) for k, v in obj.items() if not str(k).startswith("_") and k != "boot"}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     if isinstance(obj, (bool, np.bool_)):
@@ -413,30 +708,18 @@ def _clean(obj: Any) -> Any:
         return int(obj)
     if isinstance(obj, (float, np.floating)):
         return _finite(obj)
+    if isinstance(obj, np.ndarray):
+        return None
     return obj
 
 
 # ----------------------------------------------------------------------------- figures
 
 
-def _style(group: tuple[str, str], warm_starts: list[str]) -> dict:
+def _style(group: tuple[str, str]) -> dict:
     import matplotlib.pyplot as plt
 
-    cmap = plt.get_cmap("tab10")
-    ls = _WARM_STYLES.get(group[0])
-    if ls is None:
-        extra = [w for w in warm_starts if w not in _WARM_STYLES]
-        ls = _EXTRA_STYLES[extra.index(group[0]) % len(_EXTRA_STYLES)]
-    return {"color": cmap(_obj_rank(group[1]) % 10), "linestyle": ls}
-
-
-def _smooth(v: np.ndarray) -> np.ndarray:
-    w = max(1, v.size // 15)
-    if w == 1:
-        return v
-    kernel = np.ones(w) / w
-    pad = np.pad(v, (w // 2, w - 1 - w // 2), mode="edge")
-    return np.convolve(pad, kernel, mode="valid")
+    return {"color": plt.get_cmap("tab10")(_obj_rank(group[1]) % 10), "linestyle": _WARM_STYLES.get(group[0], ":")}
 
 
 def make_figures(arms: list[ArmData], analysis: dict, out_dir: str | Path) -> dict[str, str]:
@@ -446,15 +729,13 @@ def make_figures(arms: list[ArmData], analysis: dict, out_dir: str | Path) -> di
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    fig_dir = out_dir / "figures"
+    fig_dir = Path(out_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    ok = [a for a in arms if a.status == "ok" and a.evals]
+    ok = [a for a in arms if a.status == "ok" and a.eval_record(0, "A") is not None]
     groups: dict[tuple[str, str], list[ArmData]] = {}
     for a in ok:
         groups.setdefault(a.group, []).append(a)
     order = sorted(groups, key=lambda g: (_obj_rank(g[1]), g[0]))
-    warm = sorted({g[0] for g in order})
     written: dict[str, str] = {}
 
     def save(fig, name: str) -> None:
@@ -464,72 +745,47 @@ def make_figures(arms: list[ArmData], analysis: dict, out_dir: str | Path) -> di
         plt.close(fig)
         written[name] = f"figures/{name}.png"
 
-    def legend(ax) -> None:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, ncol=2, frameon=False)
+    # 1: training token entropy per step (mean over seeds)
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    for g in order:
+        per = [{int(r["step"]): _finite(r.get("entropy_mean")) for r in a.steps} for a in groups[g]]
+        common = sorted(set.intersection(*(set(p) for p in per))) if per else []
+        ys = [np.mean([p[s] for p in per if p[s] is not None] or [np.nan]) for s in common]
+        if common:
+            ax.plot(common, ys, label=f"{g[1]} / {g[0]}", **_style(g))
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("token entropy of the step's rollouts (nats)")
+    ax.set_title("Token entropy during RL (mean over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2, frameon=False)
+    save(fig, "token_entropy_vs_step")
 
-    # 1-3: series vs RL step, mean over seeds, lightly smoothed
-    for name, keys, title in (
-        ("token_entropy_vs_step", ("token_entropy",), "Token entropy during RL"),
-        ("er_vs_step", ("er_lc", "er_raw"), "Hidden-state effective rank during RL"),
-        ("strategy_entropy_vs_step", ("strategy_entropy",), "Strategy entropy during RL"),
-    ):
-        fig, axes = plt.subplots(1, len(keys), figsize=(6.4 * len(keys), 4.2), squeeze=False)
+    # 2: the research question: evaluation metrics, each relative to its RL start, per step
+    keys = [k for k in ("accuracy", "entropy", "group_er_resid", "aligned_er", "strategy_entropy", "cycle_rate")
+            if any(k in r for a in ok for r in a.evals)]
+    if keys:
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.6), squeeze=False)
         for ax, key in zip(axes[0], keys):
             for g in order:
-                s, v = _seed_mean_series(groups[g], key)
-                if v.size:
-                    ax.plot(s, _smooth(v), label=_group_label(g), **_style(g, warm))
+                per = []
+                for a in groups[g]:
+                    base = _finite((a.eval_record(0) or {}).get(key))
+                    if base:
+                        per.append({s: (_finite((a.eval_record(s) or {}).get(key)) or np.nan) / base
+                                    for s in a.eval_steps()})
+                common = sorted(set.intersection(*(set(p) for p in per))) if per else []
+                if common:
+                    ax.plot(common, [np.nanmean([p[s] for p in per]) for s in common], marker="o", ms=3,
+                            label=f"{g[1]} / {g[0]}", **_style(g))
+            ax.axhline(1.0, color="grey", lw=0.6)
+            ax.set_title(metric(key).label, fontsize=8)
             ax.set_xlabel("RL step")
-            ax.set_ylabel(_LABELS[key])
             ax.grid(alpha=0.3)
-            legend(ax)
-        axes[0][0].set_title(f"{title} (mean over seeds, smoothed)", fontsize=10)
-        save(fig, name)
-
-    # 4: accuracy vs token entropy with the fitted law per arm group
-    fig, ax = plt.subplots(figsize=(6.8, 4.6))
-    rows = {(r["warm_start"], r["objective"]): r for r in analysis["table"]}
-    for g in order:
-        st = _style(g, warm)
-        hs = np.array([_finite(r.get("token_entropy")) for a in groups[g] for r in a.steps], dtype=float)
-        rs = np.array([_finite(r.get("reward")) for a in groups[g] for r in a.steps], dtype=float)
-        keep = np.isfinite(hs) & np.isfinite(rs)
-        ax.scatter(hs[keep], rs[keep], s=8, alpha=0.35, color=st["color"])
-        law = rows[g]["law"]
-        label = _group_label(g)
-        if law["a"] is not None and keep.any():
-            grid = np.linspace(hs[keep].min(), hs[keep].max(), 50)
-            ax.plot(grid, -law["a"] * np.exp(grid) + law["b"], **st,
-                    label=f"{label} (a={law['a']:.2g}, b={law['b']:.2g}, R²={_fmt(law['r2'])})")
-        else:
-            ax.plot([], [], **st, label=f"{label} (no fit)")
-    ax.set_xlabel("token entropy (nats)")
-    ax.set_ylabel("training accuracy (mean reward per step)")
-    ax.set_title("Accuracy vs token entropy, fitted R = -a·exp(H) + b", fontsize=10)
-    ax.grid(alpha=0.3)
-    legend(ax)
-    save(fig, "accuracy_vs_entropy")
-
-    # 5: the research question: token-entropy ratio vs ER ratio and strategy-entropy ratio
-    fig, axes = plt.subplots(1, 2, figsize=(12.8, 4.8))
-    for ax, key in zip(axes, ("er_lc", "strategy_entropy")):
-        for g in order:
-            st = _style(g, warm)
-            xs, ys = _paired_ratios(groups[g], "token_entropy", key)
-            ax.scatter(xs, ys, s=10, alpha=0.5, color=st["color"],
-                       marker="o" if st["linestyle"] == "-" else "^", label=_group_label(g))
-        lims = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
-        ax.plot(lims, lims, color="grey", lw=0.8, ls=":", label="equal collapse")
-        ax.axhline(1.0, color="grey", lw=0.5)
-        ax.axvline(1.0, color="grey", lw=0.5)
-        ax.set_xlabel("token entropy / its RL-start value")
-        ax.set_ylabel(f"{_LABELS[key]} / its RL-start value")
-        ax.grid(alpha=0.3)
-        legend(ax)
-    axes[0].set_title("Does hidden-state rank collapse with token entropy? (every arm, every step)", fontsize=10)
-    axes[1].set_title("Do strategies collapse with token entropy?", fontsize=10)
-    save(fig, "entropy_ratio_vs_er_ratio")
+        axes[0][0].set_ylabel("value / RL-start value")
+        if axes[0][0].get_legend_handles_labels()[0]:
+            axes[0][-1].legend(fontsize=6, frameon=False)
+        save(fig, "collapse_by_instrument")
     return written
 
 
@@ -541,71 +797,171 @@ def _fmt(x: Any, nd: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{nd}f}"
 
 
-def _fmt_ci(c: dict, nd: int = 3) -> str:
-    if c["mean"] is None:
+def _fmt_effect(e: dict | None, nd: int = 3) -> str:
+    if not e or e.get("estimate") is None:
         return "n/a"
-    if c["ci_low"] is None:
-        return f"{c['mean']:.{nd}f}"
-    return f"{c['mean']:.{nd}f} [{c['ci_low']:.{nd}f}, {c['ci_high']:.{nd}f}]"
+    if e.get("ci_low") is None:
+        return f"{e['estimate']:+.{nd}f}"
+    return f"{e['estimate']:+.{nd}f} [{e['ci_low']:+.{nd}f}, {e['ci_high']:+.{nd}f}]"
+
+
+def _fmt_level(e: dict | None, nd: int = 3) -> str:
+    if not e or e.get("estimate") is None:
+        return "n/a"
+    if e.get("ci_low") is None:
+        return f"{e['estimate']:.{nd}f}"
+    return f"{e['estimate']:.{nd}f} [{e['ci_low']:.{nd}f}, {e['ci_high']:.{nd}f}]"
+
+
+def claims_table(analysis: dict) -> list[str]:
+    """The markdown claims table (report.md opens with it; the README copies it)."""
+    lines = ["| claim | scope | measurement | effect [95% CI] | smallest detectable | control | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for c in analysis["claims"]:
+        eff = c["effect"]
+        extra = ""
+        eq = c.get("accuracy_equivalence")
+        if eq:
+            extra = f"; accuracy diff {_fmt(eq.get('estimate'))} (90% CI [{_fmt(eq.get('ci_low'))}, " \
+                    f"{_fmt(eq.get('ci_high'))}], {'equal' if eq.get('equivalent') else 'not shown equal'})"
+        if c.get("mechanism"):
+            extra += f"; mechanism: {c['mechanism']}"
+        lines.append(f"| {c['claim']} | {c['scope']} | {c['measurement']} | {_fmt_effect(eff)}{extra} "
+                     f"| {_fmt(eff.get('mde'))} | {c['control']} | **{c['verdict']}** |")
+    return lines
 
 
 def render_markdown(analysis: dict, figures: dict[str, str]) -> str:
     meta = analysis["meta"]
+    ev = meta.get("eval") or {}
     lines = [f"# searchgym run: {meta.get('name', 'report')}", ""]
     if meta:
         lines.append(
-            f"Preset `{meta.get('preset', '?')}`; {len(analysis['arms'])} arm(s); "
-            f"total wall time {_fmt(meta.get('wall_s'), 1)} s on {meta.get('workers', '?')} worker(s)."
-        )
+            f"Preset `{meta.get('preset', '?')}`; {len(analysis['arms'])} arm(s) "
+            f"({', '.join(meta.get('objectives', []))} x {', '.join(meta.get('warm_starts', []))} x seeds "
+            f"{meta.get('seeds', [])}); {meta.get('rl_steps', '?')} RL steps; evaluation: "
+            f"{ev.get('questions', '?')} {ev.get('family', '')} {ev.get('split', '')} questions x "
+            f"{ev.get('samples', '?')} samples at T = {ev.get('temperature', '?')}, at the RL start and every "
+            f"{ev.get('every', '?')} steps; total wall time {_fmt(meta.get('wall_s'), 0)} s on "
+            f"{meta.get('workers', '?')} worker(s).")
         for note in meta.get("notes", []):
             lines.append(f"\n**Note:** {note}")
         lines.append("")
-    lines += [
-        "Values are means over seeds with a 95% t-interval in brackets (no interval with one seed). "
-        "Ratios are final evaluation / evaluation at the RL start (step 0).", "",
-        "| objective | warm start | seeds | accuracy | pass@1 | pass@k | H ratio | ER-lc ratio | group-ER ratio "
-        "| strategy-H ratio | distinct ratio | Vendi ratio | metric cost |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines += ["## The seed's claims", ""] + claims_table(analysis)
+    lines += ["", "Rules (the verdicts above are computed from the numbers by these, nothing is written by hand):", ""]
+    lines += [f"- **{k}**: {v}" for k, v in analysis["rules"].items()]
+    lines += ["", "Effects are paired differences with 95% intervals from a hierarchical bootstrap over seeds, then "
+              "questions; 'smallest detectable' is the difference this run could have detected "
+              "(80 % power, alpha 0.05).", ""]
+
+    lines += ["## Controls (every instrument, on this run's rollouts)", "",
+              "| metric | forced collapse: max (collapsed-floor)/(original-floor) | null: A - B at the RL start "
+              f"[95% CI] (passes when the {NULL_CONFIDENCE:.0%} CI contains 0) | untrained model: trained - untrained | length: r with response length | usable |",
+              "|---|---|---|---|---|---|"]
+    for name, c in analysis["controls"].items():
+        col = (f"{c['collapse']['max_ratio']:.3f} ({'pass' if c['collapse']['passed'] else 'FAIL'})"
+               if "collapse" in c else "-")
+        null = "; ".join(f"{w}: {_fmt_effect(v)} ({'pass' if v['passed'] else 'FAIL'})"
+                         for w, v in (c.get("null") or {}).items()) or "-"
+        unt = "; ".join(f"{w}: {_fmt_effect(v)} ({'pass' if v['passed'] else 'FAIL'})"
+                        for w, v in (c.get("untrained") or {}).items()) or "-"
+        ln = (f"{c['length']['r']:.2f} [{_fmt(c['length']['ci_low'], 2)}, {_fmt(c['length']['ci_high'], 2)}] "
+              f"({'pass' if c['length']['passed'] else 'FAIL'})" if "length" in c else "-")
+        lines.append(f"| {c['label']} | {col} | {null} | {unt} | {ln} | "
+                     f"{'yes' if c['usable'] else 'NO: ' + ', '.join(c['failed'])} |")
+
+    show = [n for n in ("accuracy", "pass@1", "pass@2", "pass@4", "entropy", "group_er_resid", "aligned_er", "group_er",
+                        "er_resid", "strategy_entropy", "distinct_strategies", "strategy_coverage", "unmatched_rate",
+                        "vendi", "cycle_rate", "small_world", "response_length")
+            if any(n in r["metrics"] for r in analysis["table"])]
+    lines += ["", "## Per arm group: RL start, end, and the paired change", "",
+              "Each cell: end value, then the change end - start [95% CI] and its smallest detectable difference.", ""]
+    lines += ["| objective | warm start | seeds | " + " | ".join(metric(n).label for n in show) + " |",
+              "|---|---|---|" + "---|" * len(show)]
     for r in analysis["table"]:
-        ratios = r["ratios"]
-        lines.append(
-            f"| {r['objective']} | {r['warm_start']} | {len(r['seeds'])} | {_fmt_ci(r['final_accuracy'])} "
-            f"| {_fmt_ci(r['final_pass_at_1'])} | {_fmt_ci(r['final_pass_at_k'])} (k={r['k']}) | "
-            + " | ".join(_fmt_ci(ratios[k], 2) for k in RATIO_KEYS)
-            + f" | {_fmt(r['metrics_share']['mean'] and 100 * r['metrics_share']['mean'], 1)}% |"
-        )
-    f = analysis["findings"]
-    lines += ["", "## Findings (computed from the data)", "",
-              f"- {f['token_entropy_vs_er_lc']['text']}",
-              f"- {f['token_entropy_vs_strategy_entropy']['text']}",
-              f"- {f['grpo_text']}",
-              f"- {f['near_best_text']}",
-              f"- Length confound: {f['length_text']}", ""]
-    lines += ["### Entropy-performance law per arm group", "",
-              "| objective | warm start | a | b | R² | ceiling (-a+b) | points |", "|---|---|---|---|---|---|---|"]
+        cells = []
+        for n in show:
+            mm = r["metrics"].get(n)
+            if not mm:
+                cells.append("n/a")
+                continue
+            cells.append(f"{_fmt(mm['final'].get('estimate'))}<br>{_fmt_effect(mm['change'])}"
+                         f"<br>mde {_fmt(mm['change'].get('mde'))}")
+        lines.append(f"| {r['objective']} | {r['warm_start']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+
+    lines += ["", f"## Collapse criterion (token entropy falls to <= {COLLAPSE_CRITERION} of its start)", "",
+              "| objective | warm start | training rollouts: last/first 10 % of steps, per seed | fixed evaluation: "
+              "final/RL start, per seed | met in every seed |", "|---|---|---|---|---|"]
     for r in analysis["table"]:
-        law = r["law"]
-        lines.append(f"| {r['objective']} | {r['warm_start']} | {_fmt(law['a'])} | {_fmt(law['b'])} "
-                     f"| {_fmt(law['r2'])} | {_fmt(law['ceiling'])} | {law['n']} |")
-    lines += ["", "### Length confound per arm group (ratios final / RL start)", "",
-              "| objective | warm start | raw ER | length-controlled ER | response length |", "|---|---|---|---|---|"]
+        cc = r.get("collapse_criterion") or {}
+        tr = ", ".join(f"s{k}: {v:.2f}" for k, v in (cc.get("train_entropy_ratio") or {}).items()) or "n/a"
+        ev_ = ", ".join(f"s{k}: {v:.2f}" for k, v in (cc.get("eval_entropy_ratio") or {}).items()) or "n/a"
+        met = {True: "yes", False: "no", None: "n/a"}[cc.get("met")]
+        lines.append(f"| {r['objective']} | {r['warm_start']} | {tr} | {ev_} | {met} |")
+
+    if analysis["vs_grpo"]:
+        cmp_keys = [n for n in ("accuracy", "entropy", "strategy_entropy", "group_er_resid", "aligned_er", "cycle_rate")
+                    if n in show]
+        lines += ["", "## Objective - GRPO at the end (paired within seed and warm start)", "",
+                  "| objective | warm start | " + " | ".join(metric(n).label for n in cmp_keys)
+                  + " | accuracy equal (TOST +-" + f"{ACCURACY_MARGIN})" + " | mechanism |",
+                  "|---|---|" + "---|" * (len(cmp_keys) + 2)]
+        rows_by = {(r["warm_start"], r["objective"]): r for r in analysis["table"]}
+        for v in analysis["vs_grpo"]:
+            eq = v["metrics"].get("accuracy", {}).get("equivalence") or {}
+            mech = rows_by[(v["warm_start"], v["objective"])].get("mechanism") or {}
+            lines.append(f"| {v['objective']} | {v['warm_start']} | "
+                         + " | ".join(f"{_fmt_effect(v['metrics'].get(n))}<br>mde {_fmt(v['metrics'].get(n, {}).get('mde'))}"
+                                      for n in cmp_keys)
+                         + f" | {'yes' if eq.get('equivalent') else 'no'} | "
+                         f"{_mech_text(mech)} |")
+
+    if analysis["warm_start_comparison"]:
+        lines += ["", "## Diverse - narrow warm start (paired within seed)", "",
+                  "| objective | when | accuracy | token entropy | strategy entropy | group ER (resid.) |",
+                  "|---|---|---|---|---|---|"]
+        for w in analysis["warm_start_comparison"]:
+            for when in ("start", "final"):
+                lines.append(f"| {w['objective']} | {when} | " + " | ".join(
+                    _fmt_effect(w[when].get(n)) for n in ("accuracy", "entropy", "strategy_entropy", "group_er_resid"))
+                    + " |")
+
+    if analysis["correlations"]:
+        lines += ["", "## Token entropy vs the other instruments", "",
+                  "Spearman over per-arm changes (n = arms) and the repeated-measures correlation over evaluation "
+                  "points (subject = arm); never step points as independent.", "",
+                  "| x | y | change correlation [95% CI] (n) | repeated-measures r [95% CI] (n) |", "|---|---|---|---|"]
+        for c in analysis["correlations"]:
+            ch, rm = c["change"], c["repeated_measures"]
+            lines.append(f"| {metric(c['x']).label} | {metric(c['y']).label} | {_fmt(ch.get('r'), 2)} "
+                         f"[{_fmt(ch.get('ci_low'), 2)}, {_fmt(ch.get('ci_high'), 2)}] ({ch.get('n')}) | "
+                         f"{_fmt(rm.get('r'), 2)} [{_fmt(rm.get('ci_low'), 2)}, {_fmt(rm.get('ci_high'), 2)}] "
+                         f"({rm.get('n')}) |")
+
+    lines += ["", "## Entropy-performance law on the evaluation points", "",
+              "R = -a exp(H) + b fitted on (token entropy, accuracy) of every evaluation; intervals from a bootstrap "
+              "over seeds; not identified when the ceiling exceeds 1 or the entropy range is too narrow.", "",
+              "| objective | warm start | a | b | ceiling | R² | points | identified |", "|---|---|---|---|---|---|---|---|"]
     for r in analysis["table"]:
-        lines.append(f"| {r['objective']} | {r['warm_start']} | {_fmt_ci(r['raw_er_ratio'], 2)} "
-                     f"| {_fmt_ci(r['ratios']['er_lc'], 2)} | {_fmt_ci(r['length_ratio'], 2)} |")
+        law = r.get("law") or {}
+
+        def ci(k: str) -> str:
+            v = law.get(k + "_ci") or [None, None]
+            return f"{_fmt(law.get(k))} [{_fmt(v[0])}, {_fmt(v[1])}]"
+
+        flags = [f for f in ("ceiling_exceeds_max", "entropy_range_too_narrow", "slope_ci_includes_zero") if law.get(f)]
+        lines.append(f"| {r['objective']} | {r['warm_start']} | {ci('a')} | {ci('b')} | {ci('ceiling')} "
+                     f"| {_fmt(law.get('r2'))} | {law.get('n_points', 0)} | "
+                     f"{'yes' if law.get('identified') else 'no: ' + (', '.join(flags) or law.get('reason') or '?')} |")
+
     if analysis["failed_arms"]:
         lines += ["", "## Failed arms", ""]
         for a in analysis["failed_arms"]:
             err = (a["error"] or "").strip().splitlines()
             lines.append(f"- `{a['arm_id']}`: {err[-1] if err else 'unknown error'}")
     lines += ["", "## Figures", ""]
-    captions = {
-        "token_entropy_vs_step": "Token entropy vs RL step",
-        "er_vs_step": "Effective rank vs RL step (left: length-controlled, right: raw)",
-        "strategy_entropy_vs_step": "Strategy entropy vs RL step",
-        "accuracy_vs_entropy": "Accuracy vs token entropy with the fitted law",
-        "entropy_ratio_vs_er_ratio": "Token-entropy ratio vs ER ratio and strategy-entropy ratio (the research question)",
-    }
+    captions = {"token_entropy_vs_step": "Token entropy of the training rollouts vs RL step",
+                "collapse_by_instrument": "Each instrument relative to its RL-start value, per evaluation"}
     for name, rel in figures.items():
         lines += [f"**{captions.get(name, name)}**", "", f"![{name}]({rel})", ""]
     return "\n".join(lines) + "\n"
@@ -626,3 +982,23 @@ def write_report(run_dir: str | Path, meta: dict | None = None, arms: list[ArmDa
     atomic_write_json(run_dir / "report.json", analysis)
     atomic_write_text(run_dir / "report.md", render_markdown(analysis, figures))
     return analysis
+
+
+README_BEGIN = "<!-- claims:begin (generated by `searchgym report --readme`; do not edit) -->"
+README_END = "<!-- claims:end -->"
+
+
+def update_readme(readme: str | Path, analysis: dict, source: str) -> bool:
+    """Replace the README's generated claims block with this analysis's claims table.
+    Returns False (and writes nothing) when the README has no such block."""
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    block = "\n".join([README_BEGIN, f"Claims table of [`{source}`]({source}), generated from its numbers:", ""]
+                      + claims_table(analysis) + ["", README_END])
+    atomic_write_text(readme, head + block + tail)
+    return True
+

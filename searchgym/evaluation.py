@@ -1,0 +1,199 @@
+"""The experiment's fixed evaluation and the controls that validate its instruments.
+
+One evaluation samples ``samples`` rollouts of each of the same ``questions`` held-out
+questions (the test split: no tuning decision looks at it) with a fixed sampling seed, so
+every arm of a seed is evaluated on identical questions and identical sampling streams, and
+arms compare paired. It returns three things (see :class:`EvalResult`):
+
+- ``summary``: the metrics of all episodes (``searchgym.metrics.summarize_rollouts`` names);
+- ``per_question``: the same metrics per question, which the report bootstraps over seeds
+  and then questions;
+- ``controls``: the positive control of every between-sample metric (forced collapse: each
+  question's samples replaced by copies of one of them) and, when the untrained initial model
+  is given, the content control of the hidden-state metrics (the same token sequences
+  teacher-forced through the trained and the untrained model).
+
+The null control (two evaluations of one policy under two sampling seeds) is two calls of
+:func:`evaluate_fixed` on the RL-start model; the report takes their paired difference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from searchgym.metrics.controls import collapse_control
+from searchgym.metrics.summary import summarize_rollouts
+
+__all__ = ["EvalResult", "trajectory_records", "teacher_forced_hidden_states", "evaluate_fixed",
+           "HIDDEN_CONTENT_METRICS", "pass_ks"]
+
+#: Hidden-state metrics that claim to measure the model, not the emitted tokens: the
+#: untrained-model control compares them between the trained and the untrained model.
+HIDDEN_CONTENT_METRICS = ("er_resid", "group_er_resid", "group_er", "aligned_er", "er_within_window")
+
+
+def pass_ks(samples: int) -> tuple[int, ...]:
+    """pass@1 and two k < n (unsaturated): n=8 -> (1, 2, 4); n=4 -> (1, 2, 3)."""
+    ks = sorted({1, max(1, samples // 4), max(1, samples // 2)} | ({samples - 1} if samples <= 4 else set()))
+    return tuple(k for k in ks if k < samples) or (1,)
+
+
+def trajectory_records(trajs, hidden: Sequence[np.ndarray] | None = None) -> list[dict]:
+    """Metric records (the searchgym.metrics episode fields) of agents' ``Trajectory``s.
+
+    ``hidden`` replaces the trajectories' own hidden states (one [policy tokens, d] array
+    per trajectory), e.g. those of another model on the same token sequences.
+    """
+    recs = []
+    for i, t in enumerate(trajs):
+        policy_ids = [int(tok) for tok, m in zip(t.response_ids, t.loss_mask) if m]
+        rec = {
+            "question_id": t.question_id, "group": t.group_id, "sample_index": t.sample_index,
+            "reward": float(t.reward), "correct": t.correct, "answer": t.answer,
+            "golden_answers": t.golden_answers, "signature": t.signature, "strategy": t.strategy,
+            "valid_strategies": t.valid_strategies, "queries": t.queries, "format_errors": t.format_errors,
+            "num_searches": t.num_searches, "entropies": list(t.entropies), "loss_mask": list(t.loss_mask),
+            "text": t.transcript, "policy_token_ids": policy_ids,
+        }
+        if t.segments:
+            rec["segments"] = list(t.segments)
+        h = hidden[i] if hidden is not None else t.hidden_states
+        if h is not None and len(h):
+            rec["hidden_states"] = h  # [num_policy_tokens, d]
+        recs.append(rec)
+    return recs
+
+
+def teacher_forced_hidden_states(model, trajs, pad_id: int, batch_size: int = 32) -> list[np.ndarray]:
+    """Final-norm hidden states at each trajectory's policy-token positions, computed by one
+    teacher-forced forward of prompt + response (the state that emitted each policy token,
+    the engine's convention)."""
+    import torch
+
+    from searchgym.training.update import forward_logprobs, pad_batch, policy_hidden_states
+
+    out: list[np.ndarray] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(trajs), batch_size):
+            chunk = trajs[s:s + batch_size]
+            ids = [list(t.prompt_ids) + list(t.response_ids) for t in chunk]
+            masks = [[0] * len(t.prompt_ids) + list(t.loss_mask) for t in chunk]
+            batch = pad_batch(ids, masks, pad_id)
+            _, _, hid = forward_logprobs(model, batch.input_ids, batch.attention_mask, with_entropy=False,
+                                         with_hidden=True, positions=batch.response_mask)
+            out += [h.float().numpy() for h in policy_hidden_states(hid, batch.response_mask)]
+    model.train(was_training)
+    return out
+
+
+@dataclass
+class EvalResult:
+    """One fixed evaluation: whole-batch metrics, the same per question, and the controls."""
+
+    summary: dict[str, float]
+    per_question: dict[str, dict[str, float]]
+    controls: dict[str, Any] = field(default_factory=dict)
+    time_s: float = 0.0
+
+    def record(self, step: int, replica: str) -> dict:
+        """The eval.jsonl line."""
+        return {"step": step, "replica": replica, **self.summary, "controls": self.controls,
+                "eval_time_s": self.time_s}
+
+    def question_records(self, step: int, replica: str) -> list[dict]:
+        """The eval_questions.jsonl lines (one per question)."""
+        return [{"step": step, "replica": replica, "question": q, **m} for q, m in self.per_question.items()]
+
+
+def _numeric(d: dict) -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (bool, np.bool_)):
+            out[k] = float(v)
+        elif isinstance(v, (int, float, np.integer, np.floating)):
+            out[k] = float(v) if math.isfinite(float(v)) else None
+    return out
+
+
+def evaluate_fixed(model, tokenizer, envs, questions: Sequence[int], *, samples: int, temperature: float,
+                   max_new_tokens: int, sampling_seed: int, er_window: int = 32, vendi: bool = True,
+                   embed_fn: Callable | None = None, untrained=None, collapse: bool = True) -> EvalResult:
+    """Sample ``samples`` rollouts of each question and measure them (see the module doc).
+
+    ``untrained``: the untrained initial model; when given, the hidden-state content metrics
+    are recomputed on the same token sequences teacher-forced through both models.
+    """
+    import torch
+
+    from searchgym.agents.rollout import RolloutConfig, RolloutEngine
+
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    engine = RolloutEngine(model, tokenizer, RolloutConfig(
+        n=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=sampling_seed,
+        return_hidden_states=True, max_batch_size=len(envs)))
+    with torch.no_grad():
+        trajs = engine.rollout_questions(envs, list(questions), n=samples)
+    model.train(was_training)
+    ks = pass_ks(samples)
+    embed = _CachedEmbedder(embed_fn) if (vendi and embed_fn is not None) else embed_fn
+
+    def measure(records: list[dict], with_vendi: bool = vendi) -> dict:
+        return summarize_rollouts(records, k=ks, er_window=er_window, erv=False, vendi=with_vendi, embed_fn=embed,
+                                  per_group=True)
+
+    records = trajectory_records(trajs)
+    s = measure(records)
+    per_group = s.pop("per_group", {})
+    skipped = s.pop("skipped", {})
+    summary = _numeric(s)
+    summary["response_length"] = float(np.mean([t.num_policy_tokens for t in trajs])) if trajs else math.nan
+    per_question = {str(q): _numeric(m) for q, m in per_group.items()}
+    controls: dict[str, Any] = {"skipped": {k: str(v) for k, v in skipped.items()}}
+    if collapse:
+        controls["forced_collapse"] = collapse_control(records, measure)
+    if untrained is not None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        tf_trained = teacher_forced_hidden_states(model, trajs, pad)
+        tf_untrained = teacher_forced_hidden_states(untrained, trajs, pad)
+        content = {}
+        for name, hid in (("trained", tf_trained), ("untrained", tf_untrained)):
+            m = measure(trajectory_records(trajs, hidden=hid), with_vendi=False)
+            content[name] = {k: _finite(m.get(k)) for k in HIDDEN_CONTENT_METRICS}
+            for q, qm in m.get("per_group", {}).items():
+                row = per_question.setdefault(str(q), {})
+                for k in HIDDEN_CONTENT_METRICS:
+                    row[f"{name}_tf/{k}"] = _finite(qm.get(k))
+        controls["untrained_model"] = content
+    return EvalResult(summary, per_question, controls, time.perf_counter() - t0)
+
+
+class _CachedEmbedder:
+    """``embed_fn`` with a per-evaluation text cache: the forced-collapse control re-embeds
+    texts the evaluation already embedded."""
+
+    def __init__(self, fn: Callable):
+        self.fn, self.cache = fn, {}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if todo:
+            for t, e in zip(todo, np.asarray(self.fn(todo))):
+                self.cache[t] = e
+        return np.stack([self.cache[t] for t in texts])
+
+
+def _finite(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
