@@ -146,6 +146,9 @@ class RLConfig:
     threads: int = 0
     tensorboard: bool = True
     hidden_states: bool = False  # collect final-norm hidden states for hooks even if the objective does not
+    # steps between the gradient-cosine-to-GRPO diagnostics (training/diagnostics.py):
+    # None = a handful per run (step 1, every steps // 4, the last), 0 = never, k = every k
+    diag_every: int | None = None
 
     def validate(self) -> None:
         from searchgym.training.objectives import get_objective
@@ -174,6 +177,8 @@ class RLConfig:
             raise ValueError(f"rl.kl_type must be a verl kl_penalty kind, got {self.kl_type!r}")
         if self.eval_every < 0 or self.threads < 0:
             raise ValueError("rl.eval_every and rl.threads must be >= 0")
+        if self.diag_every is not None and self.diag_every < 0:
+            raise ValueError(f"rl.diag_every must be None or >= 0, got {self.diag_every}")
         self.optim.validate("rl.optim")
 
 

@@ -50,6 +50,8 @@ __all__ = [
     "make_objective",
     "objective_names",
     "forking_token_mask",
+    "clip_bind_masks",
+    "pearson_or_none",
     "effective_rank_stats",
     "effective_rank_stats_batch",
     "LossOutput",
@@ -183,6 +185,10 @@ class Objective:
     policy_loss: ClassVar[str] = "vanilla"
     needs_hidden_states: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    #: the loss clips the ratio at [1 - clip_ratio_low, 1 + clip_ratio_high] (verl vanilla,
+    #: clip_cov) and, for negative advantages, at clip_ratio_c (vanilla's dual clip)
+    ratio_clip: ClassVar[bool] = True
+    dual_clip: ClassVar[bool] = True
 
     def __init__(self, config: ObjectiveConfig | None = None):
         config = config if config is not None else self.Config()
@@ -244,6 +250,7 @@ class Objective:
         )
         metrics.update({k.split("/")[-1]: float(v) for k, v in pg_metrics.items()})
         metrics.update(self._selection_metrics(mask, pg_metrics))
+        metrics.update(self._mechanism_metrics(old_log_prob, log_prob, advantages, mask, grad_mask))
         loss = pg_loss
         if self.config.entropy_coeff:
             ent = agg_loss(entropy, grad_mask, self.config.loss_agg_mode, batch_num_tokens=n_all)
@@ -254,6 +261,43 @@ class Objective:
 
     def _selection_metrics(self, mask: torch.Tensor, pg_metrics: dict) -> dict[str, float]:
         return {}
+
+    def _mechanism_metrics(self, old_log_prob, log_prob, advantages, mask, grad_mask) -> dict[str, float]:
+        """Where this mini-batch's loss differs from GRPO's (``mech/`` keys, shares of policy
+        tokens, detached):
+
+        - ``mech/clip_frac_low`` / ``_high`` / ``_dual``: the objective's own clip binds (the
+          token's gradient is cut): A < 0 and r < 1 - eps_low; A > 0 and r > 1 + eps_high;
+          A < 0 and r > clip_ratio_c. Counted over all policy tokens, whatever the loss mask;
+          0 where the loss has no such clip (KL-Cov: none; Clip-Cov: no dual clip).
+        - ``mech/clip_differs_from_grpo_frac``: tokens whose clip state differs from what
+          GRPO's (eps 0.2 / 0.2, dual clip 3) would be, i.e. where the clip rule itself acts.
+        - ``mech/masked_grad_mass_frac`` (objectives with a loss mask): the share of GRPO's
+          logit-level gradient mass sum |A| (1 - pi(y)) on the tokens the mask removes; a
+          token's ||d log pi(y) / d logits|| lies in [1 - pi(y), sqrt(2) (1 - pi(y))], so a
+          mask that drops only (near-)deterministic tokens drops ~0 of the gradient.
+        """
+        with torch.no_grad():
+            c, g = self.config, GRPO.Config()
+            n_all = mask.sum().clamp_min(1.0)
+            low, high, dual = clip_bind_masks(old_log_prob, log_prob, advantages, mask, c.clip_ratio_low,
+                                              c.clip_ratio_high, c.clip_ratio_c if self.dual_clip else None,
+                                              clips=self.ratio_clip)
+            g_low, g_high, g_dual = clip_bind_masks(old_log_prob, log_prob, advantages, mask, g.clip_ratio_low,
+                                                    g.clip_ratio_high, g.clip_ratio_c)
+            ours, grpo = low | high | dual, g_low | g_high | g_dual
+            out = {
+                "mech/clip_frac_low": float(low.sum() / n_all),
+                "mech/clip_frac_high": float(high.sum() / n_all),
+                "mech/clip_frac_dual": float(dual.sum() / n_all),
+                "mech/clip_differs_from_grpo_frac": float((ours ^ grpo).sum() / n_all),
+            }
+            if grad_mask is not mask:
+                weight = advantages.abs() * (1.0 - log_prob.detach().exp()).clamp_min(0.0) * mask
+                total = float(weight.sum())
+                dropped = float((weight * (grad_mask <= 0)).sum())
+                out["mech/masked_grad_mass_frac"] = dropped / total if total > 0 else 0.0
+        return out
 
     # ---- state (checkpointed)
     def state_dict(self) -> dict[str, Any]:
@@ -338,6 +382,7 @@ class ClipCov(Objective):
     description = "verl clip_cov: detach a random subset of high-covariance tokens"
     Config = ClipCovConfig
     policy_loss = "clip_cov"
+    dual_clip = False  # verl's clip_cov has no dual clip
 
     def _policy_loss_fields(self) -> dict[str, Any]:
         c = self.config
@@ -357,6 +402,7 @@ class KLCov(Objective):
     description = "verl kl_cov: beta * |log ratio| on the top-k covariance tokens"
     Config = KLCovConfig
     policy_loss = "kl_cov"
+    ratio_clip = dual_clip = False  # verl's kl_cov does not clip the ratio
 
     def _policy_loss_fields(self) -> dict[str, Any]:
         return {"kl_cov_ratio": self.config.kl_cov_ratio, "ppo_kl_coef": self.config.ppo_kl_coef}
@@ -367,6 +413,44 @@ class KLCov(Objective):
         if n == 0:
             return {"cov_selected_frac": 0.0}
         return {"cov_selected_frac": max(1, int(n * self.config.kl_cov_ratio)) / n}
+
+
+def clip_bind_masks(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+    clip_c: float | None = None,
+    clips: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Boolean (low, high, dual) masks of the policy tokens at which a PPO clip binds, i.e.
+    where the clipped surrogate is constant in the ratio r = exp(log_prob - old_log_prob)
+    (clamped to e^{+-20} as verl's vanilla loss does) and the token gets no gradient:
+    low: A < 0 and r < 1 - clip_low; high: A > 0 and r > 1 + clip_high; dual (only when
+    ``clip_c`` is given): A < 0 and r > clip_c. ``clips=False`` (a loss without ratio clip)
+    gives three all-False masks."""
+    valid = response_mask > 0
+    none = torch.zeros_like(valid)
+    if not clips:
+        return none, none, none
+    ratio = torch.exp(torch.clamp(log_prob.detach() - old_log_prob, -20.0, 20.0))
+    low = valid & (advantages < 0) & (ratio < 1.0 - clip_low)
+    high = valid & (advantages > 0) & (ratio > 1.0 + clip_high)
+    dual = valid & (advantages < 0) & (ratio > clip_c) if clip_c is not None else none
+    return low, high, dual
+
+
+def pearson_or_none(x, y) -> float | None:
+    """Pearson correlation of two equal-length 1-d sequences; None when it is undefined
+    (fewer than 3 points, or either side constant)."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 3:
+        return None
+    a, b = a - a.mean(), b - b.mean()
+    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum()) / den if den > 1e-12 else None
 
 
 def forking_token_mask(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float) -> torch.Tensor:
@@ -452,12 +536,22 @@ class ERShaped(Objective):
         new_ema = batch_mean if self.ema is None else (1 - c.ema_alpha) * mu + c.ema_alpha * batch_mean
         self.ema = [float(x) for x in new_ema]
         m = response_mask > 0
+        token_bonus = bonus.expand_as(advantages)[m]
+        # mechanism diagnostics: how much the shaping changes the advantages, and whether
+        # the term tracks response length (ER grows with the number of rows, notes s.3)
+        lengths = response_mask.sum(1).double()
+        abs_adv = float(advantages.abs()[m].sum())
         return shaped, {
             "er_mean": float(stats[:, 2].mean()),
             "erv_mean": float(stats[:, 1].mean()),
             "era_mean": float(stats[:, 0].mean()),
             "er_aux_mean": float(aux.mean()),
-            "er_bonus_mean": float(bonus.expand_as(advantages)[m].mean()) if bool(m.any()) else 0.0,
+            "er_bonus_mean": float(token_bonus.mean()) if bool(m.any()) else 0.0,
+            "er_bonus_token_frac": float((token_bonus > 0).double().mean()) if bool(m.any()) else 0.0,
+            "er_bonus_rel": float(token_bonus.sum()) / abs_adv if abs_adv > 0 else 0.0,
+            "er_aux_len_corr": pearson_or_none(aux.numpy(), lengths.numpy()),
+            "er_bonus_len_corr": pearson_or_none(
+                ((bonus * response_mask).sum(1).double() / lengths.clamp_min(1.0)).numpy(), lengths.numpy()),
         }
 
     def state_dict(self):

@@ -36,6 +36,7 @@ from searchgym.training.common import (
     evaluate, load_model, make_envs, make_optimizer, make_scheduler, read_train_info, save_model, set_threads,
 )
 from searchgym.training.config import RLConfig, dataclass_to_dict
+from searchgym.training.diagnostics import step_mechanism_metrics
 from searchgym.training.objectives import make_objective, masked_entropy_stats
 from searchgym.training.update import (
     PaddedBatch, compute_advantages, forward_logprobs, pad_batch, policy_hidden_states, ppo_update,
@@ -261,6 +262,9 @@ class RLTrainer:
             "time_update_s": t3 - t2,
         }
         rec = {k: v for k, v in rec.items() if v is not None}
+        # mechanism diagnostics (training/diagnostics.py): mech/* keys; changes no training state
+        rec.update(step_mechanism_metrics(self.model, self.objective, c, step, batch, ent, upd, rewards,
+                                          [t.group_id for t in trajs]))
         for hook in self.hooks:
             extra = hook(trajs)
             for k, v in (extra or {}).items():
