@@ -476,10 +476,11 @@ def _run_locked(preset, out: Path, progress: bool) -> dict:
                            start_eval_stage, stage="eval", code=code_fingerprint(*_CODE["eval"]))
                    for s in start_specs]
     t_eval = time.perf_counter()
-    starts = {(o.spec.warm_start, o.spec.seed): o for o in
-              run_arms(start_tasks, workers=min(workers, len(start_tasks)), threads_per_worker=threads,
-                       progress=progress)}
-    timings["start_evals"] = {"wall_s": time.perf_counter() - t_eval}
+    start_outcomes = run_arms(start_tasks, workers=min(workers, len(start_tasks)), threads_per_worker=threads,
+                              progress=progress)
+    starts = {(o.spec.warm_start, o.spec.seed): o for o in start_outcomes}
+    timings["start_evals"] = {"wall_s": time.perf_counter() - t_eval,
+                              "cached": all(o.cached for o in start_outcomes)}
     bar.update()
 
     bar.set_postfix_str("RL arms")

@@ -305,7 +305,7 @@ def test_kill_in_every_stage_then_resume_equals_uninterrupted(tmp_path):
     assert recs_a == recs_b
     for arm, recs in recs_b.items():
         assert [r["step"] for r in recs["metrics.jsonl"]] == [1, 2, 3, 4], arm
-        assert [r["step"] for r in recs["eval.jsonl"]] == [0, 4], arm
+        assert [(r["step"], r["replica"]) for r in recs["eval.jsonl"]] == [(0, "A"), (0, "B"), (4, "A")], arm
     # and the stage outputs: weights of every model (RL arms included), index, data
     bytes_a, bytes_b = _stage_bytes(a), _stage_bytes(b)
     assert len(bytes_a) >= 12 and bytes_a.keys() == bytes_b.keys()

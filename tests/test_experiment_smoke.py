@@ -10,8 +10,7 @@ import pytest
 
 from searchgym.cli import main
 
-FIGURES = ("token_entropy_vs_step", "er_vs_step", "strategy_entropy_vs_step", "accuracy_vs_entropy",
-           "entropy_ratio_vs_er_ratio")
+FIGURES = ("token_entropy_vs_step", "collapse_by_instrument")
 
 
 def _numbers(obj):
@@ -46,8 +45,25 @@ def test_smoke_run_end_to_end_and_cached_rerun(tmp_path, monkeypatch):
     assert rep["failed_arms"] == []
     assert len(rep["table"]) == 4  # 2 warm starts x 2 objectives, 1 seed
     for row in rep["table"]:
-        assert 0.0 <= row["final_accuracy"]["mean"] <= 1.0
-        assert row["ratios"]["token_entropy"]["mean"] > 0
+        assert 0.0 <= row["metrics"]["accuracy"]["final"]["estimate"] <= 1.0
+        assert row["metrics"]["entropy"]["final"]["estimate"] > 0
+        assert row["metrics"]["entropy"]["change"]["mde"] is not None
+        assert set(row["collapse_criterion"]["train_entropy_ratio"]) == {0}  # computed for the seed
+        assert row["mechanism"]["verdict"] in ("reference", "equivalent to GRPO in this regime", "acts",
+                                               "inconclusive")
+    # every report carries the controls, computed on this run's rollouts
+    c = rep["controls"]
+    assert c["group_er_resid"]["collapse"]["passed"]  # forced collapse drives it to its floor
+    for ws in ("diverse", "narrow"):
+        assert c["entropy"]["null"][ws]["estimate"] is not None  # replica A vs B of the RL-start model
+        assert c["group_er_resid"]["untrained"][ws]["estimate"] is not None
+    assert any(cl["claim"] == "Token entropy collapses under RL" for cl in rep["claims"])
+    md = (out / "report.md").read_text()
+    assert md.index("## The seed's claims") < md.index("## Controls")
+    # the per-question files the report was computed from are in every arm folder
+    for d in (out / "arms").iterdir():
+        steps = [json.loads(x)["step"] for x in (d / "eval.jsonl").read_text().splitlines()]
+        assert steps == [0, 0, 4] and (d / "eval_questions.jsonl").stat().st_size > 0
     timings = json.loads((out / "timings.json").read_text())
     assert not any(s.get("cached") for s in timings["stages"].values())
 
