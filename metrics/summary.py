@@ -166,7 +166,7 @@ def summarize_rollouts(
         (group ER of token-identity-residualised states), ``global_er`` (ER of all
         mean-pooled responses);
       hidden states, within one response (mean over responses): ``er_resid`` (ER of the
-        residualised response), ``er_within_window`` (ER of the first ``er_window`` policy
+        residualised response; ``full_er=True``), ``er_within_window`` (ER of the first ``er_window`` policy
         tokens; a shorter response uses its T >= 2 rows, counted in ``er_within_window_short``;
         T < 2 is left out, counted in ``er_within_window_skipped``; ``er_window`` is a
         deprecated alias of it), ``er``, ``er_sq``, ``matrix_entropy``, ``er_norm``
@@ -367,8 +367,11 @@ def summarize_rollouts(
         if len(tok) == len(hs):
             r = residualize_token_identity(mats, [tok[i] for i in idx])
             resid = dict(zip(idx, r))
-            er_resid_i = dict(zip(idx, effective_ranks(r, method=rank_method)))
-            out["er_resid"] = _nanmean(list(er_resid_i.values()))
+            if full_er:  # a whole-response ER: as costly as `er`
+                er_resid_i = dict(zip(idx, effective_ranks(r, method=rank_method)))
+                out["er_resid"] = _nanmean(list(er_resid_i.values()))
+            else:
+                skipped["er_resid"] = "full_er=False (group_er_resid still computed)"
         else:
             skipped["er_resid"] = (f"{len(hs) - len(tok)} of {len(hs)} records with hidden states have no "
                                    "'policy_token_ids' (or 'response_ids' + 'loss_mask')")
