@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean gpu-smoke
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,12 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# A few verl PPO steps with vLLM on one GPU: a user task from a task file (public-format data made
+# from the smoke world), SearchEnvAgentLoop, the tiny model. Needs CUDA + vllm; <= 10 min.
+# GPU_SMOKE_ARGS=--dry-run prepares and validates only (runs on CPU). See docs/scale-out.md.
+gpu-smoke: $(STAMP)
+	timeout 600 $(BIN)/python -m searchgym.training.gpu_smoke --out runs/gpu-smoke $(GPU_SMOKE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -235,3 +235,18 @@ def test_build_threads_argument(data, capsys):
         build_index(corpus, tmp / "t0", kind="dense", threads=0)
     assert main(["index", "build", "--corpus", str(corpus), "--out", str(tmp / "t2"), "--threads", "1",
                  "--no-progress"]) == 0
+
+
+def test_gpu_smoke_data_is_raw_search_r1_and_validates(data, capsys):
+    """`make gpu-smoke`'s own public-format data: raw rows (no env id) served by its task file."""
+    from searchgym.training.gpu_smoke import DATA_SOURCE, write_public_dataset
+    from searchgym.training.verl_backend import validate_rows
+
+    tmp, _, _ = data
+    task = write_public_dataset(tmp / "gs")
+    rows = pq.read_table(tmp / "gs" / "data" / "train.parquet").to_pylist()
+    assert rows and all(r["data_source"] == DATA_SOURCE and "env_id" not in r["extra_info"] for r in rows)
+    assert main(["task", "add", str(task)]) == 0
+    files = [str(tmp / "gs" / "data" / f"{s}.parquet") for s in ("train", "test")]
+    counts = validate_rows(files)
+    assert sum(counts.values()) == len(rows) + len(pq.read_table(files[1]))
