@@ -19,7 +19,13 @@ Sampled token ids are kept exactly; each policy token records its log-prob and e
 under the sampling distribution ``softmax(logits / T)`` (before top-k/top-p truncation, the
 distribution the trainer recomputes), and on request the final-norm hidden state whose
 logits produced it (the LM-head input at the previous position). Greedy decoding records
-them at T = 1.
+them at T = 1. With ``RolloutConfig.hidden_layer`` set, each policy token also records the
+hidden state of one chosen layer at the token's OWN position (the state after reading it,
+``Trajectory.layer_states``: the input of the reasoning-graph metrics in
+``searchgym.metrics.graph``, whose step vectors must contain the step's own tokens). A
+sampled token is read by the next decode step, the next round's prefill, or, for an
+episode's last token, one extra batched forward at the end of the chunk (the only model call
+the option adds; nothing changes when it is off).
 
 Sampling draws one uniform number per row from that row's own ``torch.Generator`` (seeded
 from ``seed`` and the episode's index), so a row's samples do not depend on which other
@@ -57,6 +63,15 @@ class RolloutConfig:
     n: int = 1
     """Samples per question (grouped by ``group_id``) in ``rollout_questions``."""
     return_hidden_states: bool = False
+    hidden_layer: int | float | None = None
+    """Record ``Trajectory.layer_states`` at this layer (None = off). An int indexes
+    ``model(..., output_hidden_states=True).hidden_states`` (0 = embeddings, ``L`` = the
+    last layer after the final norm, negative counts from the end); a float in (0, 1] is a
+    fraction of the depth, resolved to ``int(fraction * L)`` as in the Topology of
+    Reasoning paper (which uses 0.9). The resolved index is ``Trajectory.hidden_layer``.
+    Each row is the state at the policy token's own position (``hidden_states[layer][0,
+    P + j]`` of a teacher-forced forward for response token j; P = prompt length), unlike
+    ``return_hidden_states``' final-norm state at the position that produced the token."""
     max_batch_size: int = 64
     """Episodes generated together; larger requests run in chunks of this size."""
 
@@ -75,6 +90,28 @@ class RolloutConfig:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        hl = self.hidden_layer
+        if hl is not None:
+            if isinstance(hl, bool) or not isinstance(hl, (int, float)):
+                raise ValueError(f"hidden_layer must be None, an int layer index or a float depth fraction, got {hl!r}")
+            if isinstance(hl, float) and not 0.0 < hl <= 1.0:
+                raise ValueError(f"hidden_layer as a depth fraction must be in (0, 1], got {hl}")
+
+
+def resolve_hidden_layer(hidden_layer: int | float, num_layers: int) -> int:
+    """Index into ``hidden_states`` (``num_layers + 1`` entries) of ``hidden_layer``: an int
+    as is (negative from the end), a float fraction ``f`` as ``int(f * num_layers)``.
+    Raises ValueError when it falls outside ``0..num_layers``."""
+    if isinstance(hidden_layer, float):
+        idx = int(hidden_layer * num_layers)
+    else:
+        idx = int(hidden_layer)
+        if idx < 0:
+            idx += num_layers + 1
+    if not 0 <= idx <= num_layers:
+        raise ValueError(f"hidden_layer {hidden_layer!r} is outside the model's hidden states "
+                         f"0..{num_layers} ({num_layers} layers)")
+    return idx
 
 
 @dataclass
@@ -85,8 +122,12 @@ class Trajectory:
     ``segments``) have one entry per token after the prompt; ``loss_mask`` is 1 on policy
     tokens (sampled by the policy) and 0 on observation tokens, whose ``logprobs`` and
     ``entropies`` are 0. ``hidden_states`` (when requested) is ``[num_policy_tokens, d]``
-    float32, in policy-token order. ``turns`` holds one dict per env step (see
-    ``Turn``). Text policies (scripted, random) fill the text fields and leave the token
+    float32, in policy-token order. ``layer_states`` (with ``RolloutConfig.hidden_layer``)
+    is ``[num_policy_tokens, d]`` float32 too: the state of layer ``hidden_layer`` (resolved
+    index into an HF forward's ``hidden_states``) at each policy token's own position, and
+    ``step_ids`` gives each policy token its reasoning step
+    (``searchgym.metrics.graph.reasoning_step_ids``; -1 = in no step). ``turns`` holds
+    one dict per env step (see ``Turn``). Text policies (scripted, random) fill the text fields and leave the token
     arrays empty.
     """
 
@@ -101,6 +142,9 @@ class Trajectory:
     entropies: list[float] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)
     hidden_states: np.ndarray | None = None
+    layer_states: np.ndarray | None = None
+    hidden_layer: int | None = None
+    step_ids: list[int] | None = None
     turns: list[dict] = field(default_factory=list)
     reward: float = 0.0
     correct: bool | None = None
@@ -187,6 +231,8 @@ class Trajectory:
         }
         if self.meta:
             rec["meta"] = dict(self.meta)
+        if self.layer_states is not None and self.step_ids is not None:
+            rec.update(self.step_record())
         if include_tokens and self.response_ids:
             rec.update(
                 prompt_ids=self.prompt_ids,
@@ -197,6 +243,18 @@ class Trajectory:
                 segments=self.segments,
             )
         return rec
+
+    def step_record(self) -> dict:
+        """The reasoning-graph fields of the eval record: ``hidden_layer``, ``step_vectors``
+        (one mean ``layer_states`` row per step, 6 decimals) and ``step_kinds`` (the
+        segment of each step: think|query|answer)."""
+        from searchgym.metrics.graph import step_vectors_from_tokens
+
+        pol = [s for s, m in zip(self.segments, self.loss_mask) if m]
+        vecs, kinds = step_vectors_from_tokens(self.layer_states, self.step_ids, pol)
+        return {"hidden_layer": self.hidden_layer,
+                "step_vectors": np.round(vecs.astype(np.float64), 6).tolist(),
+                "step_kinds": kinds}
 
 
 def finish_from_info(traj: Trajectory, info: dict, reward_total: float, terminated: bool, truncated: bool) -> None:
@@ -254,7 +312,7 @@ class _Row:
     """Mutable state of one episode inside the engine."""
 
     __slots__ = ("env", "traj", "seq", "n_cached", "kv", "gen", "turn_ids", "stop",
-                 "hidden", "reward_total", "done", "index")
+                 "hidden", "layer", "unread", "reward_total", "done", "index")
 
     def __init__(self, env, traj, prompt_ids, gen, index):
         self.env, self.traj, self.gen, self.index = env, traj, gen, index
@@ -264,6 +322,8 @@ class _Row:
         self.turn_ids: list[int] = []
         self.stop = ""
         self.hidden: list[np.ndarray] = []
+        self.layer: list[np.ndarray] = []
+        self.unread = False  # the last sampled token has not been fed to the model yet
         self.reward_total = 0.0
         self.done = False
 
@@ -303,6 +363,10 @@ class RolloutEngine:
         self.stop_ids = stops
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
             tokenizer.eos_token_id or 0)
+        # the resolved RolloutConfig.hidden_layer (None = layer states off)
+        self.layer_index = None if self.config.hidden_layer is None else resolve_hidden_layer(
+            self.config.hidden_layer, model.config.get_text_config().num_hidden_layers)
+        self._newline_ids: dict[int, bool] = {}
         self.timings = {"generate_s": 0.0, "env_s": 0.0, "other_s": 0.0}
         self.generated_tokens = 0
 
@@ -391,20 +455,66 @@ class RolloutEngine:
                     self._env_round(active)
                     self.timings["env_s"] += time.perf_counter() - t1
                     active = [r for r in active if not r.done]
+                if self.layer_index is not None:
+                    t0 = time.perf_counter()
+                    self._read_last_tokens(rows)
+                    self.timings["generate_s"] += time.perf_counter() - t0
         finally:
             if was_training:
                 self.model.train()
         t0 = time.perf_counter()
+        d = self.model.config.get_text_config().hidden_size
         for r in rows:
             tr = r.traj
             tr.segments = segment_labels(self.tokenizer, tr.response_ids, tr.loss_mask)
             if cfg.return_hidden_states:
-                d = self.model.config.get_text_config().hidden_size
                 tr.hidden_states = (np.stack(r.hidden).astype(np.float32) if r.hidden
                                     else np.zeros((0, d), np.float32))
+            if self.layer_index is not None:
+                tr.layer_states = (np.stack(r.layer).astype(np.float32) if r.layer
+                                   else np.zeros((0, d), np.float32))
+                tr.hidden_layer = self.layer_index
+                tr.step_ids = self._step_ids(tr)
             r.kv = None
         self.timings["other_s"] += time.perf_counter() - t0
         return [r.traj for r in rows]
+
+    def _read_last_tokens(self, rows: list[_Row]) -> None:
+        """Feed each row's unread tokens (its last sampled token and any observation after
+        it) over its saved cache in one batched forward, for the layer state at that last
+        policy token's own position."""
+        torch = self.torch
+        rows = [r for r in rows if r.unread]
+        if not rows:
+            return
+        past = [r.n_cached for r in rows]
+        pend = [r.seq[r.n_cached:] for r in rows]
+        P, U = max(past), max(len(u) for u in pend)
+        input_ids = torch.full((len(rows), U), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), P + U), dtype=torch.bool)
+        pos = torch.zeros((len(rows), U), dtype=torch.long)
+        for b, (p, u) in enumerate(zip(past, pend)):
+            input_ids[b, U - len(u):] = torch.tensor(u, dtype=torch.long)
+            mask[b, P - p:P] = True
+            mask[b, P + U - len(u):] = True
+            pos[b, U - len(u):] = torch.arange(p, p + len(u))
+        cache = self._build_cache(rows, P, capacity=P + U)
+        out = self.model(input_ids=input_ids, attention_mask=self._prefill_mask(mask, P, U), position_ids=pos,
+                         past_key_values=cache, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        states = out.hidden_states[self.layer_index]
+        for b, (r, u) in enumerate(zip(rows, pend)):
+            r.layer.append(states[b, U - len(u)].float().numpy().copy())
+            r.unread = False
+
+    def _step_ids(self, tr: Trajectory) -> list[int]:
+        """Reasoning-step id of each policy token (the rule of ``metrics.graph``)."""
+        from searchgym.metrics.graph import reasoning_step_ids
+
+        ids = [t for t, m in zip(tr.response_ids, tr.loss_mask) if m]
+        for t in set(ids) - self._newline_ids.keys():
+            self._newline_ids[t] = "\n" in self.tokenizer.decode([t])
+        segs = [s for s, m in zip(tr.segments, tr.loss_mask) if m]
+        return reasoning_step_ids(segs, [self._newline_ids[t] for t in ids])
 
     def _env_round(self, rows: list[_Row]) -> None:
         cfg = self.config
@@ -469,14 +579,30 @@ class RolloutEngine:
         cache = self._build_cache(rows, P, capacity=P + U + max(budgets))
         next_pos = torch.tensor([p + len(u) for p, u in zip(past, pend)], dtype=torch.long)
         want_h = cfg.return_hidden_states
+        state_layer = self.layer_index
+        want_states = want_h or state_layer is not None
         # logits_to_keep=1: only the last position is sampled from; the LM head over every
         # prefilled observation token was the largest single cost of a round
         out = model(input_ids=input_ids, attention_mask=self._prefill_mask(mask, P, U), position_ids=pos,
-                    past_key_values=cache, use_cache=True, output_hidden_states=want_h, logits_to_keep=1)
+                    past_key_values=cache, use_cache=True, output_hidden_states=want_states, logits_to_keep=1)
         cache = out.past_key_values
+        if state_layer is not None:
+            # the prefill read each continuing row's last sampled token first (its own position)
+            states = out.hidden_states[state_layer]
+            for b, (r, u) in enumerate(zip(rows, pend)):
+                if r.unread:
+                    r.layer.append(states[b, U - len(u)].float().numpy().copy())
+                    r.unread = False
         counts = [0] * B
+        prefilled = True
         while True:
             logits = out.logits[:, -1, :].float()
+            if state_layer is not None and not prefilled:
+                # this decode step read each row's previous sampled token
+                lay = out.hidden_states[state_layer][:, -1, :].float().numpy()
+                for b, r in enumerate(rows):
+                    r.layer.append(lay[b].copy())
+            prefilled = False
             tok, lp, ent = self._sample(logits, rows)
             hid = out.hidden_states[-1][:, -1, :].float().numpy() if want_h else None
             stopped = []
@@ -507,6 +633,7 @@ class RolloutEngine:
                     rows[b].kv = [(layer.keys[b:b + 1, :, cols].clone(), layer.values[b:b + 1, :, cols].clone())
                                   for layer in cache.layers]
                     rows[b].n_cached = len(rows[b].seq) - 1  # the last sampled token is pending
+                    rows[b].unread = state_layer is not None
                 if len(stopped) == B:
                     break
                 # Live rows from the tail fill the stopped rows' slots, so compacting the
@@ -525,7 +652,7 @@ class RolloutEngine:
             mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.bool)], dim=1)
             out = model(input_ids=tok.view(B, 1), attention_mask=self._decode_mask(mask),
                         position_ids=next_pos.view(B, 1), past_key_values=cache, use_cache=True,
-                        output_hidden_states=want_h)
+                        output_hidden_states=want_states)
             cache = out.past_key_values
             next_pos = next_pos + 1
 

@@ -45,6 +45,11 @@ _EXPORTS = {
     **dict.fromkeys([
         'COLLAPSE_FLOORS', 'COLLAPSE_THRESHOLD', 'collapse_control', 'collapse_floor', 'force_collapse'
     ], 'controls'),
+    **dict.fromkeys([
+        'STEP_KINDS', 'cluster_steps', 'graph_diameter', 'graph_metrics_from_records',
+        'graph_topology', 'num_clusters_for', 'path_cycle', 'path_graph', 'query_graph_metrics',
+        'reasoning_graph_metrics', 'reasoning_step_ids', 'step_vectors_from_tokens'
+    ], 'graph'),
 }
 
 __all__ = sorted(_EXPORTS)

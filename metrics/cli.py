@@ -61,9 +61,13 @@ def _run(args) -> int:
     res = summarize_rollouts(
         records, k=args.k, vendi=args.vendi, where=where, er_window=args.er_window, erv_stride=args.stride
     )
+    graph = _graph_metrics(records, where, args) if args.graph else {}
+    per_group = {key: graph.pop(key) for key in ("graph_per_group", "query_per_group") if key in graph}
+    undefined = {**graph.pop("graph_undefined", {}), **graph.pop("query_undefined", {})}
+    res["skipped"] = {**res.get("skipped", {}), **graph.pop("skipped", {}), **undefined}
+    res.update(graph)
     if args.json:
-        clean = {key: (None if isinstance(v, float) and not math.isfinite(v) else v) for key, v in res.items()}
-        print(json.dumps(clean, indent=2))
+        print(json.dumps(_finite_or_none({**res, **per_group}), indent=2))
         return 0
     skipped = res.pop("skipped")
     width = max(len(k) for k in res)
@@ -77,10 +81,31 @@ def _run(args) -> int:
     return 0
 
 
+def _graph_metrics(records: list[dict], where: list[str], args) -> dict:
+    """The reasoning-graph metrics (``graph_*`` from ``step_vectors``, ``query_*`` from
+    ``queries`` when MiniLM is allowed), without the per-trajectory lists."""
+    from .graph import graph_metrics_from_records
+
+    out = graph_metrics_from_records(records, queries=args.vendi, where=where)
+    if not args.vendi:
+        out["skipped"]["query_graph"] = "needs the MiniLM query embeddings (--vendi)"
+    for key in ("graph_per_trajectory", "query_per_trajectory"):
+        out.pop(key, None)
+    return out
+
+
+def _finite_or_none(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {str(k): _finite_or_none(x) for k, x in v.items()}
+    return v
+
+
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "diversity",
-        help="token entropy, effective rank, strategy diversity and pass@k of a rollout file",
+        help="token entropy, effective rank, strategy diversity, reasoning graphs and pass@k of a rollout file",
         description="Print every metric of an eval/rollout JSONL file (one episode record per "
         "line; fields in docs/contracts.md, 'metrics'). Missing optional fields skip that metric.",
     )
@@ -89,7 +114,13 @@ def add_commands(subparsers) -> None:
     p.add_argument("--k", type=_parse_k, default=[1, 4], metavar="K[,K...]", help="pass@k values (default 1,4)")
     p.add_argument(
         "--vendi", action=argparse.BooleanOptionalAction, default=True,
-        help="Vendi score over MiniLM embeddings of trajectory text (loads the model; default on)",
+        help="MiniLM embeddings of text (loads the model; default on): the Vendi score of trajectory "
+        "text and the reasoning graph over search queries (query_*)",
+    )
+    p.add_argument(
+        "--graph", action=argparse.BooleanOptionalAction, default=True,
+        help="reasoning-graph metrics (graph_*: cycles, diameter, small-world index of the records' "
+        "step_vectors; query_*: the same over the queries) (default on)",
     )
     p.add_argument("--er-window", type=int, default=64, help="tokens in the length-controlled ER window (default 64)")
     p.add_argument("--stride", type=int, default=20, help="ERV/ERA prefix stride in tokens (default 20)")
