@@ -507,14 +507,7 @@ class RolloutEngine:
             r.unread = False
 
     def _step_ids(self, tr: Trajectory) -> list[int]:
-        """Reasoning-step id of each policy token (the rule of ``metrics.graph``)."""
-        from searchgym.metrics.graph import reasoning_step_ids
-
-        ids = [t for t, m in zip(tr.response_ids, tr.loss_mask) if m]
-        for t in set(ids) - self._newline_ids.keys():
-            self._newline_ids[t] = "\n" in self.tokenizer.decode([t])
-        segs = [s for s, m in zip(tr.segments, tr.loss_mask) if m]
-        return reasoning_step_ids(segs, [self._newline_ids[t] for t in ids])
+        return trajectory_step_ids(self.tokenizer, tr, self._newline_ids)
 
     def _env_round(self, rows: list[_Row]) -> None:
         cfg = self.config
@@ -740,6 +733,55 @@ class RolloutEngine:
             tok = si.gather(1, j).squeeze(1)
         lp = logp.gather(1, tok.unsqueeze(1)).squeeze(1)
         return tok, lp, ent
+
+
+def trajectory_step_ids(tokenizer, traj: Trajectory, newline_cache: dict[int, bool] | None = None) -> list[int]:
+    """Reasoning-step id of each policy token of a token-level trajectory (the rule of
+    ``searchgym.metrics.graph.reasoning_step_ids``: segments from ``traj.segments``, newline
+    = the token's decoded text contains "\n"). ``newline_cache`` memoises per token id."""
+    from searchgym.metrics.graph import reasoning_step_ids
+
+    cache = newline_cache if newline_cache is not None else {}
+    ids = [t for t, m in zip(traj.response_ids, traj.loss_mask) if m]
+    for t in set(ids) - cache.keys():
+        cache[t] = "\n" in tokenizer.decode([t])
+    segs = [s for s, m in zip(traj.segments, traj.loss_mask) if m]
+    return reasoning_step_ids(segs, [cache[t] for t in ids])
+
+
+def teacher_forced_layer_states(model, trajs: Sequence[Trajectory], hidden_layer: int | float,
+                                batch_size: int = 16) -> list[np.ndarray]:
+    """The ``layer_states`` the engine would record, recomputed by teacher forcing: one
+    forward of prompt + response per trajectory (right-padded batches), the state of
+    layer ``hidden_layer`` (resolved as ``RolloutConfig.hidden_layer``) at each policy
+    token's own position, ``[num_policy_tokens, d]`` float32. For another model on the same
+    tokens (e.g. the untrained model as a content control) or for saved trajectories."""
+    import torch
+
+    layer = resolve_hidden_layer(hidden_layer, model.config.get_text_config().num_hidden_layers)
+    out: list[np.ndarray] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(trajs), batch_size):
+                chunk = trajs[s:s + batch_size]
+                seqs = [list(t.prompt_ids) + list(t.response_ids) for t in chunk]
+                T = max(len(x) for x in seqs)
+                ids = torch.zeros((len(chunk), T), dtype=torch.long)
+                att = torch.zeros((len(chunk), T), dtype=torch.long)
+                for b, x in enumerate(seqs):
+                    ids[b, :len(x)] = torch.tensor(x, dtype=torch.long)
+                    att[b, :len(x)] = 1
+                states = model(input_ids=ids, attention_mask=att, output_hidden_states=True,
+                               logits_to_keep=1).hidden_states[layer]
+                for b, t in enumerate(chunk):
+                    P = len(t.prompt_ids)
+                    pol = torch.tensor(t.loss_mask, dtype=torch.bool)
+                    out.append(states[b, P:P + len(t.response_ids)][pol].float().numpy().copy())
+    finally:
+        model.train(was_training)
+    return out
 
 
 def question_of(env, info: dict):

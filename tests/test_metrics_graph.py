@@ -244,7 +244,8 @@ def _traj_steps(t):
 def test_layer_states_equal_a_teacher_forced_forward(smoke):
     import torch
 
-    from searchgym.agents.rollout import RolloutConfig, RolloutEngine
+    from searchgym.agents.rollout import (RolloutConfig, RolloutEngine, teacher_forced_layer_states,
+                                          trajectory_step_ids)
 
     _, _, model, tok, envs = smoke
     eng, trajs = _rollouts(smoke, hidden_layer=0.9, return_hidden_states=True)
@@ -273,6 +274,11 @@ def test_layer_states_equal_a_teacher_forced_forward(smoke):
         np.testing.assert_allclose(rec["step_vectors"], vecs, atol=1e-6) if len(vecs) else None
         assert rec["step_kinds"] == kinds and rec["hidden_layer"] == 1
     assert sum(len(_traj_steps(t)[1]) for t in trajs) > 0  # the untrained model writes some tagged text
+    # The batched teacher-forcing helper gives the same states and step ids.
+    tf = teacher_forced_layer_states(model, trajs, 0.9, batch_size=7)
+    for t, h in zip(trajs, tf):
+        np.testing.assert_allclose(h, t.layer_states, atol=1e-5, rtol=1e-4)
+        assert trajectory_step_ids(tok, t) == t.step_ids
     # The last layer (-1, after the final norm), in chunks of 5 rows, with a token budget that
     # cuts episodes mid-text (their last token is read by the end-of-chunk forward).
     _, last = _rollouts(smoke, hidden_layer=-1, max_batch_size=5, max_response_tokens=30, n=2)
