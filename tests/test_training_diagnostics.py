@@ -231,6 +231,7 @@ def test_summarize_mechanism_rule_on_synthetic_records():
     assert out["steps"] == 8 and out["grad_cos_steps"] == 3 and out["grad_cos_grpo_median"] == 0.9990
     assert out["acts_on_nothing"] is True and out["verdict"] == "equivalent to GRPO in this regime"
     assert out["decided_by"] == "grad_cos" and out["mechanism_share_median"] == pytest.approx(0.3)
+    assert "gradient mass" in out["mechanism_share_what"]
     assert out["rule"] == EQUIVALENCE_RULE and str(GRAD_COS_EQUIVALENT) in out["rule"]
     recs[4]["mech/grad_cos_grpo"] = 0.99
     out = summarize_mechanism(recs, "forking_tokens")
@@ -311,7 +312,7 @@ def test_diagnostics_do_not_change_training(smoke_sft, tmp_path, objective):
     assert all(torch.equal(w_on[k], w_off[k]) for k in w_off)
     assert any(r["reward_std"] > 0 for r in recs_off)  # the updates did something
     for on, off in zip(recs_on, recs_off):
-        assert 0.0 < on["mech/grad_cos_grpo"] <= 1.0 + 1e-9 and on["mech/grad_diag_s"] > 0
+        assert 0.0 < on["mech/grad_cos_grpo"] <= 1.0 + 1e-9 and on["time_grad_diag_s"] > 0
         assert "mech/grad_cos_grpo" not in off
         for k, v in off.items():
             if not k.startswith("time_"):

@@ -35,6 +35,7 @@ __all__ = [
     "GRAD_COS_EQUIVALENT",
     "SHARE_EQUIVALENT",
     "MECHANISM_SHARE_KEYS",
+    "MECHANISM_SHARE_WHAT",
     "EQUIVALENCE_RULE",
     "zero_entropy_shares",
     "gradient_diagnostic_due",
@@ -61,6 +62,15 @@ MECHANISM_SHARE_KEYS: dict[str, tuple[str, ...]] = {
     "kl_cov": ("cov_selected_frac", "mech/clip_differs_from_grpo_frac"),
     "forking_tokens": ("mech/masked_grad_mass_frac",),
     "er_shaped": ("er_bonus_rel",),
+}
+
+#: What each objective's mechanism share measures (for the report's wording).
+MECHANISM_SHARE_WHAT: dict[str, str] = {
+    "clip_higher": "of policy tokens where its clip state differs from GRPO's",
+    "clip_cov": "of policy tokens covariance-selected or clipped unlike GRPO",
+    "kl_cov": "of policy tokens covariance-selected or clipped unlike GRPO",
+    "forking_tokens": "of GRPO's logit-gradient mass dropped by the mask",
+    "er_shaped": "bonus relative to sum |A| over policy tokens",
 }
 
 EQUIVALENCE_RULE = (
@@ -148,8 +158,9 @@ def policy_gradient_cosine(
     Returns ``mech/grad_cos_grpo`` (mean over mini-batches), ``mech/grad_cos_grpo_min``,
     ``mech/grad_rel_diff_grpo`` (mean ||g_obj - g_grpo|| / ||g_grpo||: for entropy_bonus,
     the entropy term's gradient relative to the policy-gradient's), ``mech/grad_norm_ratio_grpo``
-    (mean ||g_obj|| / ||g_grpo||), ``mech/grad_diag_minibatches`` and ``mech/grad_diag_s``;
-    only the last two when no mini-batch has a non-zero gradient on both sides. Parameters,
+    (mean ||g_obj|| / ||g_grpo||), ``mech/grad_diag_minibatches`` and ``time_grad_diag_s``
+    (wall time, named like the record's other ``time_*`` fields); only the last two when no
+    mini-batch has a non-zero gradient on both sides. Parameters,
     ``.grad``, the global RNG and the model's train/eval mode are left as they were.
     """
     if batch.old_log_probs is None or batch.advantages is None:
@@ -194,7 +205,7 @@ def policy_gradient_cosine(
             "mech/grad_rel_diff_grpo": float(np.mean(rel)),
             "mech/grad_norm_ratio_grpo": float(np.mean(ratio)),
         })
-    out["mech/grad_diag_s"] = time.perf_counter() - t0
+    out["time_grad_diag_s"] = time.perf_counter() - t0
     return out
 
 
@@ -275,7 +286,9 @@ def summarize_mechanism(step_records: list[dict], objective: str) -> dict:
     ``entropy_below_1e-3_frac``, ``cov_selected_frac``, ``forking_selected_frac``,
     ``masked_grad_mass_frac``, ``er_bonus_rel``, ``er_aux_len_corr``, ...), of the gradient
     diagnostics (``grad_cos_grpo`` with its minimum and count, ``grad_rel_diff_grpo``), the
-    ``mechanism_share`` (see ``MECHANISM_SHARE_KEYS``), and the verdict:
+    ``mechanism_share_median`` (keys ``MECHANISM_SHARE_KEYS``, meaning
+    ``mechanism_share_what``: a token share for the clips and covariance selections, a
+    gradient-mass share for forking tokens, an advantage share for er_shaped), and the verdict:
     ``acts_on_nothing`` (True / False / None when undecidable or the reference),
     ``verdict`` (``"equivalent to GRPO in this regime"``, ``"acts"``, ``"reference"``,
     ``"inconclusive"``), ``decided_by`` (``"grad_cos"``, ``"share"`` or None) and ``rule``
@@ -288,7 +301,7 @@ def summarize_mechanism(step_records: list[dict], objective: str) -> dict:
                 *(f"mech/entropy_below_{_threshold_name(t)}_frac" for t in ZERO_ENTROPY_NATS),
                 "cov_selected_frac", "forking_selected_frac", "entropy_mean",
                 "er_bonus_rel", "er_bonus_token_frac", "er_aux_len_corr", "er_bonus_len_corr",
-                "mech/grad_rel_diff_grpo", "mech/grad_norm_ratio_grpo", "mech/grad_diag_s"]
+                "mech/grad_rel_diff_grpo", "mech/grad_norm_ratio_grpo", "time_grad_diag_s"]
     out: dict[str, Any] = {"objective": objective, "steps": len(recs)}
     for k in per_step:
         v = _median(recs, k)
@@ -302,6 +315,7 @@ def summarize_mechanism(step_records: list[dict], objective: str) -> dict:
     keys = MECHANISM_SHARE_KEYS.get(objective)
     shares = [s for s in (_share(r, keys) for r in recs) if s is not None] if keys else []
     out["mechanism_share_keys"] = list(keys) if keys else None
+    out["mechanism_share_what"] = MECHANISM_SHARE_WHAT.get(objective)
     out["mechanism_share_median"] = float(np.median(shares)) if shares else None
     if objective == "grpo":
         acts_on_nothing, decided_by, verdict = None, None, "reference"
