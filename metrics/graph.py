@@ -323,10 +323,10 @@ def reasoning_graph_metrics(steps: Sequence, groups: Sequence[Hashable] | None =
 
     Returns a flat dict (keys prefixed by ``prefix``): ``cycle_rate``, ``loops_mean``,
     ``path_length_mean``, ``diameter_traj_mean`` (per-trajectory graphs), ``diameter``,
-    ``clustering``, ``clustering_norm``, ``small_world``, ``graph_nodes``, ``graph_edges``
-    (the graph of all trajectories), ``group_<metric>_mean`` (mean over groups of the
-    per-group graph's diameter / clustering_norm / small_world / cycle_rate / loops_mean,
-    NaN groups left out), ``num_clusters``, ``num_steps``, ``num_trajectories``,
+    ``clustering``, ``clustering_norm``, ``small_world``, ``num_nodes``, ``num_edges``
+    (the graph of all trajectories), ``group_mean_<m>`` for m in diameter,
+    clustering_norm, small_world, cycle_rate, loops (mean over groups of each group's own
+    graph and paths, NaN groups left out), ``num_clusters``, ``num_steps``, ``num_trajectories``,
     ``trajectories_with_steps``; ``per_group: {key: {cycle_rate, loops_mean,
     path_length_mean, diameter, clustering_norm, small_world, num_trajectories,
     num_steps}}``; ``per_trajectory: [{has_cycle, loop_count, path_length, diameter, path}]``
@@ -377,8 +377,8 @@ def reasoning_graph_metrics(steps: Sequence, groups: Sequence[Hashable] | None =
         "clustering": whole["clustering"] if live else math.nan,
         "clustering_norm": whole["clustering_norm"],
         "small_world": whole["small_world"],
-        "graph_nodes": whole["nodes"],
-        "graph_edges": whole["edges"],
+        "num_nodes": whole["nodes"],
+        "num_edges": whole["edges"],
     }
     undefined = dict(whole["undefined"])
     if not live:
@@ -399,8 +399,9 @@ def reasoning_graph_metrics(steps: Sequence, groups: Sequence[Hashable] | None =
             "num_trajectories": len(idx),
             "num_steps": int(sum(counts[i] for i in idx)),
         }
-    for m in ("diameter", "clustering_norm", "small_world", "cycle_rate", "loops_mean"):
-        out[f"group_{m}_mean"] = _nanmean([g[m] for g in per_group.values()])
+    for m, name in (("diameter", "diameter"), ("clustering_norm", "clustering_norm"),
+                    ("small_world", "small_world"), ("cycle_rate", "cycle_rate"), ("loops_mean", "loops")):
+        out[f"group_mean_{name}"] = _nanmean([g[m] for g in per_group.values()])
     out.update(num_clusters=int(k), num_steps=int(sum(counts)), num_trajectories=n, trajectories_with_steps=len(live))
     res = {f"{prefix}{key}": v for key, v in out.items()}
     res[f"{prefix}per_group"] = per_group
