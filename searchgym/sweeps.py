@@ -304,9 +304,10 @@ def _f(x: float, nd: int = 3) -> str:
 
 
 def write_tables(root: str | Path, dest: str | Path, rule: SelectionRule = SelectionRule(),
-                 command: str = "") -> dict:
+                 command: str = "", notes: Sequence[str] = ()) -> dict:
     """``dest/sweep.json`` (every epoch record, the candidate rows, the choice) and
-    ``dest/sweep.md`` (the table) from the runs under ``root``."""
+    ``dest/sweep.md`` (the table, then ``notes`` one paragraph each) from the runs under
+    ``root``."""
     records = load_results(root)
     rows = candidates(records)
     chosen = choose(rows, rule)
@@ -320,7 +321,7 @@ def write_tables(root: str | Path, dest: str | Path, rule: SelectionRule = Selec
             continue
     slim = [{k: v for k, v in r.items() if k != "model_dir"} for r in records]
     data = {"rule": dataclasses.asdict(rule), "records": slim, "runs": runs, "candidates": rows,
-            "chosen": chosen, "command": command}
+            "chosen": chosen, "command": command, "notes": list(notes)}
     atomic_write_json(dest / "sweep.json", data)
     lines = [
         "# SFT warm-start sweep",
@@ -356,6 +357,11 @@ def write_tables(root: str | Path, dest: str | Path, rule: SelectionRule = Selec
             lines.append(f"| {name} | {info['wall_s']:.0f} | {info['measure_s']:.0f} | {info['threads']} |")
     lines += ["", "Chosen: " + (f"{chosen['recipe_tag']} epoch {chosen['epoch']} at T = {chosen['temperature']:g}"
                                 if chosen else "none passes the rule"), ""]
+    if chosen:
+        lines[-1:] = [f"Chosen models: narrow `{chosen['narrow']['model_dir']}`, diverse "
+                      f"`{chosen['diverse']['model_dir']}`", ""]
+    for note in notes:
+        lines += [note, ""]
     atomic_write_text(dest / "sweep.md", "\n".join(lines))
     return data
 
@@ -401,7 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--out", required=True)
     t.add_argument("--results", required=True)
     t.add_argument("--command", default="", help="the command line to record in the table")
+    t.add_argument("--note", action="append", default=[], help="a paragraph appended to sweep.md (repeatable)")
     args = p.parse_args(argv)
+    from searchgym.experiment import RunFolderBusy
+
     try:
         if args.cmd == "sft":
             for name in ("epochs", "sample_questions", "samples", "greedy_questions"):
@@ -424,8 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 write_tables(Path(args.out) / "sweeps" / "sft", args.results,
                              command="python -m searchgym.sweeps " + " ".join(argv if argv is not None else sys.argv[1:]))
         else:
-            write_tables(Path(args.out) / "sweeps" / "sft", args.results, command=args.command)
-    except (ValueError, FileNotFoundError) as exc:
+            write_tables(Path(args.out) / "sweeps" / "sft", args.results, command=args.command, notes=args.note)
+    except (ValueError, FileNotFoundError, RunFolderBusy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -65,10 +65,11 @@ def test_write_tables_records_every_row_and_skips_torn_lines(tmp_path):
         d.mkdir(parents=True)
         (d / "results.jsonl").write_text(json.dumps(_rec(warm, 2, greedy, {1.0: (0.4, 0.3, 0.5)})) + "\n{torn")
         (d / "run.json").write_text(json.dumps({"wall_s": 10.0, "measure_s": 2.0, "threads": 1}))
-    data = write_tables(root, tmp_path / "out", command="python -m searchgym.sweeps table")
+    data = write_tables(root, tmp_path / "out", command="python -m searchgym.sweeps table", notes=["Note A."])
     assert data["chosen"]["epoch"] == 2 and len(data["records"]) == 2
     md = (tmp_path / "out" / "sweep.md").read_text()
     assert "**chosen**" in md and "Chosen: ep7-lr6e-03-min0.1-ls0 epoch 2 at T = 1" in md
+    assert "`/m/narrow/2`" in md and md.rstrip().endswith("Note A.")
     assert json.loads((tmp_path / "out" / "sweep.json").read_text())["rule"]["min_entropy"] == 0.3
 
 
