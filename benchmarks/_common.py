@@ -118,17 +118,19 @@ def print_table(headers: list[str], rows: list[list]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def rl_bench_setup(description: str, default_steps: int) -> tuple:
-    """Shared start of the RL-step benchmarks: parse ``--quick/--steps/--init``, use one
-    torch thread, and return ``(args, world, init)`` on the smoke world with its dense
-    index (``init``: ``--init``, else an untrained model for ``--quick``, else a cached
-    quick SFT warm start)."""
+def rl_bench_setup(description: str, default_steps: int, extra=()) -> tuple:
+    """Shared start of the RL-step benchmarks: parse ``--quick/--steps/--init`` (and the
+    ``(flag, add_argument kwargs)`` pairs in ``extra``), use one torch thread, and return
+    ``(args, world, init)`` on the smoke world with its dense index (``init``: ``--init``,
+    else an untrained model for ``--quick``, else a cached quick SFT warm start)."""
     import argparse
 
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="2 steps of 2x2 episodes from an untrained model")
     ap.add_argument("--steps", type=int, default=default_steps)
     ap.add_argument("--init", default="", help="warm start to use (default: a cached quick SFT)")
+    for flag, kwargs in extra:
+        ap.add_argument(flag, **kwargs)
     args = ap.parse_args()
     if args.quick:
         args.steps = 2

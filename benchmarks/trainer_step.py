@@ -1,26 +1,37 @@
-"""Where one RL step's time goes: rollout, old log-probs, reference, update, metrics.
+"""One RL step, the original path vs. the fast path, side by side in interleaved rounds.
 
-A few steps of the embedded trainer (``RLTrainer(...).run()``, the same class and per-step
-hook ``searchgym run`` uses) with the main job's small RL config (small preset model,
-T = 0.7, multi-hop questions, 8 questions x 4 samples, 2 PPO epochs x 2 mini-batches,
-hidden states + ``StepMetricsHook`` on) on the smoke world, from a quickly SFT'd warm start
-(cached; accuracy does not matter here), plus a frozen reference (``kl_coef`` 0.001,
-Search-R1's default) so the reference phase is present.
+Two embedded trainers (``RLTrainer``, the class ``searchgym run`` uses, with its per-step
+``StepMetricsHook``) start from the same warm start with the same config and seed:
 
-Phases come from the trainer's own timing fields in ``metrics.jsonl``
-(``time_rollout_s``, ``time_old_logprob_s``, ``time_update_s``, ``time_step_s``). The trainer
-logs the reference forward inside ``time_old_logprob_s``; this script splits it out by
-timing each call of the trainer's ``forward_logprobs`` from outside (a wrapper around the
-module function, the model argument tells policy from reference). ``metrics`` = step time
-- (rollout + log-probs + update): outcome summary + the metric hook.
+- **before**: ``RLTrainer(..., pack=False, reuse_rollout_logprobs=False)``, the original
+  step: a no-grad old-log-prob forward over the right-padded batch, padded mini-batches;
+- **after**: the defaults: packed sequences (no padding computed) in the update and the
+  reference pass, the engine's recorded log-probs / entropies / final-norm hidden states
+  instead of the old-log-prob forward, one ``log_softmax`` for log-prob + entropy.
 
-    python benchmarks/trainer_step.py [--quick] [--steps 4] [--init MODEL_DIR]
+Steps alternate (round r runs before-after when r is even, after-before when odd), so
+load drift hits both sides alike; the ratios are per round, the median reported, for wall
+time and for the process's CPU time (``time.process_time``, robust to a shared machine).
+Both trainers sample from (seed, step) with the same weights up to float round-off, so
+their episodes stay token-identical as long as round-off flips no sample (reported).
+
+Config: the main job's small RL config (small preset model, 8 questions x 4 samples,
+2 PPO epochs x 2 mini-batches, T = 0.7, multi-hop, hidden states + ``StepMetricsHook`` on,
+``kl_coef`` as given: 0 is the preset, 0.001 Search-R1's default adds the reference pass)
+on the smoke world from a cached quick SFT warm start, 1 thread.
+
+The update's **fraction of the matmul peak**: useful FLOPs of the update (valid tokens
+only: 6 x linear parameters per token, 6 x d x V per policy token for the LM head,
+6 x d x L^2 per layer per sequence for causal attention; per PPO epoch) / update seconds /
+the fp32 1-thread matmul peak, measured in the same run between the rounds (best of
+square 512/1024/2048 matmuls).
+
+    python benchmarks/trainer_step.py [--quick] [--steps 5] [--kl-coef 0] [--batch-questions 8 --n-samples 4]
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sys
 import tempfile
@@ -33,117 +44,219 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, print_table, rl_bench_setup  # noqa: E402
 
 PHASES = ("rollout", "old_logprob", "reference", "advantages", "update", "metrics")
+SIDES = ("before", "after")
+
+
+ROLES = ("rollout", "policy", "reference", "update")
 
 
 class CallTimer:
-    """Wraps ``searchgym.training.rl.forward_logprobs`` and sums its time per model role."""
+    """Wraps what ``searchgym.training.rl`` calls in a step (``forward_logprobs`` /
+    ``packed_forward_logprobs``: the no-grad passes, split into policy and reference by
+    the model argument; ``ppo_update``; ``RLTrainer.rollout``) and sums wall and CPU
+    (``time.process_time``) seconds per role."""
+
+    NAMES = ("forward_logprobs", "packed_forward_logprobs", "ppo_update")
 
     def __init__(self):
         import searchgym.training.rl as rl
 
         self.rl = rl
-        self.inner = rl.forward_logprobs
-        self.ref_model = None
-        self.seconds = {"policy": 0.0, "reference": 0.0}
+        self.inner = {n: getattr(rl, n) for n in self.NAMES}
+        self.inner_rollout = rl.RLTrainer.rollout
+        self.ref_models: list = []
+        self.wall, self.cpu = dict.fromkeys(ROLES, 0.0), dict.fromkeys(ROLES, 0.0)
 
-    def __call__(self, model, *a, **kw):
-        t0 = time.perf_counter()
-        try:
-            return self.inner(model, *a, **kw)
-        finally:
-            role = "reference" if (self.ref_model is not None and model is self.ref_model) else "policy"
-            self.seconds[role] += time.perf_counter() - t0
+    def _wrap(self, fn, role_of):
+        def timed(first, *a, **kw):
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                return fn(first, *a, **kw)
+            finally:
+                role = role_of(first)
+                self.wall[role] += time.perf_counter() - t0
+                self.cpu[role] += time.process_time() - c0
+        return timed
 
-    def take(self) -> dict:
-        out, self.seconds = self.seconds, {"policy": 0.0, "reference": 0.0}
+    def take(self) -> tuple[dict, dict]:
+        out = (self.wall, self.cpu)
+        self.wall, self.cpu = dict.fromkeys(ROLES, 0.0), dict.fromkeys(ROLES, 0.0)
         return out
 
     def __enter__(self):
-        self.rl.forward_logprobs = self
+        for n, fn in self.inner.items():
+            role_of = (lambda m: "update") if n == "ppo_update" else (
+                lambda m: "reference" if any(m is r for r in self.ref_models) else "policy")
+            setattr(self.rl, n, self._wrap(fn, role_of))
+        self.rl.RLTrainer.rollout = self._wrap(self.inner_rollout, lambda _: "rollout")
         return self
 
     def __exit__(self, *exc):
-        self.rl.forward_logprobs = self.inner
+        for n, fn in self.inner.items():
+            setattr(self.rl, n, fn)
+        self.rl.RLTrainer.rollout = self.inner_rollout
 
 
-def base_config(quick: bool, steps: int, init: str, out: str, world: str):
+def matmul_peak_gflops(sizes=(512, 1024, 2048), reps: int = 3) -> float:
+    """Best fp32 GFLOP/s per CPU second (``time.process_time``, so a shared machine's
+    waiting does not count) of square matmuls on the current torch thread count."""
+    import torch
+
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        for _ in range(reps):
+            c0 = time.process_time()
+            a @ b
+            best = max(best, 2 * n**3 / max(time.process_time() - c0, 1e-9) / 1e9)
+    return best
+
+
+def update_flops(model, trajs, ppo_epochs: int) -> float:
+    """Useful FLOPs of the PPO update on ``trajs`` (forward + backward, valid tokens only)."""
+    cfg = model.config
+    d, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    linear = sum(p.numel() for n, p in model.named_parameters()
+                 if n.endswith(".weight") and any(f".{k}." in n for k in names))
+    heads_dim = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads)
+    lens = np.array([len(t.prompt_ids) + len(t.response_ids) for t in trajs], dtype=np.float64)
+    policy = float(sum(sum(t.loss_mask) for t in trajs))
+    per_epoch = 6 * linear * lens.sum() + 6 * d * vocab * policy + 6 * heads_dim * layers * (lens**2).sum()
+    return float(per_epoch * ppo_epochs)
+
+
+def base_config(quick: bool, steps: int, init: str, out: str, world: str, kl_coef: float,
+                batch_questions: int, n_samples: int):
     from searchgym.presets import get_preset
 
     rl = get_preset("small").rl
-    over = dict(init=init, out=out, world=world, steps=steps, kl_coef=0.001, tensorboard=False,
+    over = dict(init=init, out=out, world=world, steps=steps, kl_coef=kl_coef, tensorboard=False,
                 threads=1, save_every=10_000, eval_every=0, hidden_states=True)
+    if batch_questions:
+        over["batch_questions"] = batch_questions
+    if n_samples:
+        over["n_samples"] = n_samples
     if quick:
         over.update(batch_questions=2, n_samples=2, max_new_tokens=24, max_turns=3, num_minibatches=1)
     return dataclasses.replace(rl, **over)
 
 
 def main() -> None:
-    args, world, init = rl_bench_setup(__doc__.splitlines()[0], default_steps=4)
+    args, world, init = rl_bench_setup(__doc__.splitlines()[0], default_steps=5, extra=[
+        ("--kl-coef", dict(type=float, default=0.0, help="0 = the small preset; 0.001 adds the reference pass")),
+        ("--batch-questions", dict(type=int, default=0, help="questions per step (0 = preset)")),
+        ("--n-samples", dict(type=int, default=0, help="samples per question (0 = preset)")),
+    ])
+    import torch
+
     from searchgym.experiment import StepMetricsHook
     from searchgym.training.rl import RLTrainer
 
     tmp = Path(tempfile.mkdtemp(prefix="sg-bench-step-"))
+    timer = CallTimer()
+    rows = {s: [] for s in SIDES}  # per step: phases, wall, cpu, flops
+    peaks, same_tokens = [], []
     try:
-        cfg = base_config(args.quick, args.steps, str(init), str(tmp / "run"), str(world))
-        timer = CallTimer()
-        per_step_fwd = []
-
-        class Trainer(RLTrainer):
-            def step_once(self):  # collect the wrapper's per-step sums next to the logged line
-                rec = super().step_once()
-                per_step_fwd.append(timer.take())
-                return rec
-
         with timer:
-            trainer = Trainer(cfg, hooks=[StepMetricsHook(32)], progress=False)
-            timer.ref_model = trainer.ref_model
-            t0 = time.perf_counter()
-            trainer.run()
-            wall = time.perf_counter() - t0
-        recs = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
-        recs = [r for r in recs if r.get("step", 0) >= 1]
+            trainers = {}
+            for side in SIDES:
+                cfg = base_config(args.quick, args.steps, str(init), str(tmp / side), str(world), args.kl_coef,
+                                  args.batch_questions, args.n_samples)
+                fast = side == "after"
+                trainers[side] = RLTrainer(cfg, hooks=[StepMetricsHook(32)], progress=False, pack=fast,
+                                           reuse_rollout_logprobs=fast)
+                if trainers[side].ref_model is not None:
+                    timer.ref_models.append(trainers[side].ref_model)
+            torch.manual_seed(cfg.seed)
+            t_start = time.perf_counter()
+            for r in range(args.steps):
+                peaks.append(matmul_peak_gflops())
+                order = SIDES if r % 2 == 0 else SIDES[::-1]
+                for side in order:
+                    tr = trainers[side]
+                    c0 = time.process_time()
+                    rec = tr.step_once()
+                    cpu = time.process_time() - c0
+                    fwd = timer.take()
+                    rows[side].append({"rec": rec, "fwd": fwd, "cpu": cpu,
+                                       "flops": update_flops(tr.model, tr.last_trajectories, cfg.ppo_epochs),
+                                       "tokens": [list(t.response_ids) for t in tr.last_trajectories]})
+                same_tokens.append(rows["before"][-1]["tokens"] == rows["after"][-1]["tokens"])
+            wall = time.perf_counter() - t_start
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if len(recs) != args.steps or len(per_step_fwd) != args.steps:
-        raise RuntimeError(f"expected {args.steps} step records, got {len(recs)}")
 
-    # Step 1 pays one-off costs (first forward, allocator warm-up); average the rest.
-    use = list(range(1, len(recs))) if len(recs) > 1 else [0]
-    phase_s = {p: [] for p in PHASES}
-    for i in use:
-        r, fwd = recs[i], per_step_fwd[i]
-        phase_s["rollout"].append(r["time_rollout_s"])
-        phase_s["old_logprob"].append(fwd["policy"])
-        phase_s["reference"].append(fwd["reference"])
-        phase_s["advantages"].append(r["time_old_logprob_s"] - fwd["policy"] - fwd["reference"])
-        phase_s["update"].append(r["time_update_s"])
-        phase_s["metrics"].append(r["time_step_s"] - r["time_rollout_s"] - r["time_old_logprob_s"]
-                                  - r["time_update_s"])
-    step_s = float(np.mean([recs[i]["time_step_s"] for i in use]))
-    hook_s = float(np.mean([recs[i].get("metrics_time_s", 0.0) for i in use]))
-    figs = {"steps_averaged": len(use), "episodes_per_step": cfg.batch_questions * cfg.n_samples,
-            "step_s": step_s,
-            "policy_tokens_per_episode": float(np.mean([recs[i]["response_length"] for i in use])),
-            "episode_tokens": float(np.mean([recs[i]["episode_length"] for i in use]))}
-    rows = []
-    for p in PHASES:
-        s = float(np.mean(phase_s[p]))
-        figs[f"{p}_s"] = s
-        figs[f"{p}_share"] = s / step_s
-        rows.append([p, s, 100 * s / step_s])
-    figs["metric_hook_share"] = hook_s / step_s
-    rows.append(["step (sum)", step_s, 100.0])
+    # Step 1 pays one-off costs (first forward, allocator warm-up); use the rest.
+    use = list(range(1, args.steps)) if args.steps > 1 else [0]
+    peak = max(peaks)
+    figs: dict = {"steps_averaged": len(use), "episodes_per_step": cfg.batch_questions * cfg.n_samples,
+                  "kl_coef": cfg.kl_coef, "matmul_peak_gflops": peak,
+                  "token_identical_steps": float(sum(same_tokens[i] for i in use))}
 
+    def phases(row, clock: int) -> dict:
+        """Phase seconds of one step; clock 0 = wall, 1 = CPU. ``advantages`` / ``metrics``:
+        the rest of the trainer's log-prob phase / of the step (wall from its own fields)."""
+        t = row["fwd"][clock]
+        out = {"rollout": t["rollout"], "old_logprob": t["policy"], "reference": t["reference"],
+               "update": t["update"]}
+        step = row["rec"]["time_step_s"] if clock == 0 else row["cpu"]
+        if clock == 0:
+            out["advantages"] = row["rec"]["time_old_logprob_s"] - t["policy"] - t["reference"]
+        else:
+            out["advantages"] = 0.0  # inside "metrics" below (CPU: not split by the trainer's fields)
+        out["metrics"] = step - sum(out.values())
+        out["step"] = step
+        return out
+
+    per = {}
+    for side in SIDES:
+        for clock, tag in ((1, "cpu"), (0, "wall")):
+            vals = [phases(rows[side][i], clock) for i in use]
+            for p in PHASES + ("step",):
+                figs[f"{side}_{p}_{tag}_s"] = float(np.mean([v[p] for v in vals]))
+        flops = [rows[side][i]["flops"] for i in use]
+        upd_cpu = [rows[side][i]["fwd"][1]["update"] for i in use]
+        figs[f"{side}_update_gflops_cpu"] = float(np.mean([f / u / 1e9 for f, u in zip(flops, upd_cpu)]))
+        figs[f"{side}_update_peak_frac"] = figs[f"{side}_update_gflops_cpu"] / peak
+        per[side] = {p: figs[f"{side}_{p}_cpu_s"] for p in PHASES + ("step",)}
+
+    def ratio(key, clock):
+        return float(np.median([phases(rows["after"][i], clock)[key] / phases(rows["before"][i], clock)[key]
+                                for i in use]))
+
+    figs["step_cpu_ratio"] = ratio("step", 1)
+    figs["update_cpu_ratio"] = ratio("update", 1)
+    figs["step_wall_ratio"] = ratio("step", 0)
+    figs["update_wall_ratio"] = ratio("update", 0)
+    figs["policy_tokens_per_episode"] = float(np.mean([rows["after"][i]["rec"]["response_length"] for i in use]))
+    figs["episode_tokens"] = float(np.mean([rows["after"][i]["rec"]["episode_length"] for i in use]))
+    for side in SIDES:
+        figs[f"{side}_logprob_absdiff"] = float(np.mean([rows[side][i]["rec"]["rollout_logprob_absdiff"]
+                                                         for i in use]))
+
+    table = []
+    for p in PHASES + ("step",):
+        b, a = per["before"][p], per["after"][p]
+        table.append([p, b, a, a / b if b > 1e-3 else "-", figs[f"before_{p}_wall_s"], figs[f"after_{p}_wall_s"]])
+    table.append(["update GFLOP/CPU-s", figs["before_update_gflops_cpu"], figs["after_update_gflops_cpu"],
+                  figs["after_update_gflops_cpu"] / figs["before_update_gflops_cpu"], "", ""])
+    table.append(["update % of peak", 100 * figs["before_update_peak_frac"], 100 * figs["after_update_peak_frac"],
+                  "", "", ""])
     print(f"RL steps on the smoke world from {init}: small RL config ({cfg.batch_questions} questions x "
           f"{cfg.n_samples} samples, {cfg.ppo_epochs} PPO epochs x {cfg.num_minibatches} mini-batches, "
-          f"T={cfg.temperature}, kl_coef={cfg.kl_coef}, hidden states + StepMetricsHook on); 1 thread")
-    print(f"{len(recs)} steps in {wall:.1f} s (incl. setup/checkpoint); phases averaged over steps "
-          f"{', '.join(str(i + 1) for i in use)}; {figs['policy_tokens_per_episode']:.0f} policy tokens "
-          f"/ {figs['episode_tokens']:.0f} response tokens per episode")
-    print_table(["phase", "seconds", "% of step"], rows)
-    print(f"(old_logprob / reference: the forward passes; advantages: the rest of the trainer's "
-          f"time_old_logprob_s; metrics: outcome summary + StepMetricsHook, whose own cost is "
-          f"{100 * hook_s / step_s:.2f}% of the step)")
+          f"T={cfg.temperature}, kl_coef={cfg.kl_coef}, hidden states + StepMetricsHook on); 1 thread; "
+          f"{args.steps} interleaved rounds in {wall:.1f} s, step 1 dropped")
+    print(f"{figs['policy_tokens_per_episode']:.0f} policy tokens / {figs['episode_tokens']:.0f} response tokens "
+          f"per episode; token-identical episodes in {int(figs['token_identical_steps'])}/{len(use)} steps; "
+          f"fp32 matmul peak {peak:.0f} GFLOP per CPU-second (1 thread, best in this run)")
+    print_table(["phase", "before CPU s", "after CPU s", "after/before", "before wall s", "after wall s"], table)
+    print(f"median per-round ratio after/before: step {figs['step_cpu_ratio']:.3f} CPU time "
+          f"({figs['step_wall_ratio']:.3f} wall), update {figs['update_cpu_ratio']:.3f} CPU "
+          f"({figs['update_wall_ratio']:.3f} wall); log-prob |engine - trainer| "
+          f"{figs['before_logprob_absdiff']:.1e} (full recompute) / {figs['after_logprob_absdiff']:.1e} "
+          f"(first mini-batch). CPU-time figures are the ones to read on a shared machine.")
     emit("trainer_step", figs)
 
 

@@ -23,6 +23,7 @@ import json
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,10 +40,20 @@ from searchgym.training.config import RLConfig, dataclass_to_dict
 from searchgym.training.diagnostics import step_mechanism_metrics
 from searchgym.training.objectives import make_objective, masked_entropy_stats
 from searchgym.training.update import (
-    PaddedBatch, compute_advantages, forward_logprobs, pad_batch, policy_hidden_states, ppo_update,
+    PaddedBatch, compute_advantages, forward_logprobs, packed_forward_logprobs, pad_batch, policy_hidden_states,
+    ppo_update,
 )
 
-__all__ = ["train_rl", "StepHook", "RLTrainer", "RESUME_MAY_CHANGE"]
+__all__ = ["train_rl", "StepHook", "RLTrainer", "RESUME_MAY_CHANGE", "ROLLOUT_LOGPROB_TOL"]
+
+#: Largest policy-token mean |engine log-prob - trainer log-prob| (nats) at which the
+#: engine's recorded log-probs stand in for the old-log-prob pass. They are the sampling
+#: distribution itself, computed by the same weights through the KV-cached decode path,
+#: so they differ from a full forward by float round-off only (measured ~1e-6); a ratio
+#: error of exp(1e-3) - 1 = 0.1% is far inside PPO's 20% clip. Checked every step on the
+#: update's first mini-batch (before its optimizer step); above it the trainer falls back
+#: to recomputing for the rest of the run.
+ROLLOUT_LOGPROB_TOL = 1e-3
 
 #: RLConfig fields a resumed run may change (where and how long it runs, not what it
 #: trains); any other difference from the run's config.json refuses the resume.
@@ -66,13 +77,22 @@ def _scalar(v):
 class RLTrainer:
     """Holds the model, optimizer, envs and engine of one RL run (see ``train_rl``)."""
 
-    def __init__(self, config: RLConfig, hooks: Sequence[StepHook] = (), progress: bool = True):
+    def __init__(self, config: RLConfig, hooks: Sequence[StepHook] = (), progress: bool = True, *,
+                 pack: bool = True, reuse_rollout_logprobs: bool = True):
+        """``pack``: forward packed sequences (no padding computed) in the update and in
+        the recompute / reference passes. ``reuse_rollout_logprobs``: take the old
+        log-probs, entropies and (when needed) final-norm hidden states the engine recorded
+        while sampling instead of a separate no-grad forward (``ROLLOUT_LOGPROB_TOL``).
+        Both change how a step computes, not what: ``False, False`` is the original path,
+        kept for side-by-side measurement (``benchmarks/trainer_step.py``) and tests."""
         config.validate()
         if not config.init:
             raise ValueError("rl.init: a model folder to start from is required")
         if not config.out:
             raise ValueError("rl.out: an output folder is required")
         self.cfg = config
+        self.pack = pack
+        self.reuse_rollout_logprobs = reuse_rollout_logprobs
         self.hooks = list(hooks)
         self.progress = progress
         self.out = Path(config.out)
@@ -180,11 +200,48 @@ class RLTrainer:
         qs = rng.choice(self.num_questions, size=c.batch_questions, replace=self.num_questions < c.batch_questions)
         engine = RolloutEngine(self.model, self.tokenizer, RolloutConfig(
             temperature=c.temperature, max_new_tokens=c.max_new_tokens, n=c.n_samples,
-            seed=(c.seed * 1_000_003 + step) % (2**31), max_batch_size=len(self.envs)))
+            seed=(c.seed * 1_000_003 + step) % (2**31), max_batch_size=len(self.envs),
+            # the decode loop's own final-norm states: no extra model call
+            return_hidden_states=self.reuse_rollout_logprobs and self._need_hidden()))
         self.model.eval()
         with torch.no_grad():
             trajs = engine.rollout_questions(self.envs, [int(q) for q in qs], n=c.n_samples)
         return trajs
+
+    def _need_hidden(self) -> bool:
+        return bool(self.objective.needs_hidden_states or self.cfg.hidden_states)
+
+    def _forward(self, model, batch: PaddedBatch, with_entropy: bool = True, with_hidden: bool = False):
+        """Label-aligned (log-probs, entropy, hidden) of ``model`` on ``batch``, LM head at
+        the policy positions only; packed or padded as the trainer is configured."""
+        if self.pack:
+            return packed_forward_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask,
+                                           self.cfg.temperature, with_entropy=with_entropy, with_hidden=with_hidden)
+        return forward_logprobs(model, batch.input_ids, batch.attention_mask, self.cfg.temperature,
+                                with_entropy=with_entropy, with_hidden=with_hidden, positions=batch.response_mask)
+
+    @staticmethod
+    def rollout_tensors(trajs, batch: PaddedBatch, need_hidden: bool):
+        """The engine's recorded (log-probs, entropies) as label-aligned (B, L-1) tensors of
+        ``batch``, and its per-episode policy-token hidden states (list of (T_i, d)) when
+        ``need_hidden``; None when some trajectory lacks them (then a forward is needed)."""
+        lp = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+        ent = torch.zeros_like(lp)
+        hidden = [] if need_hidden else None
+        for i, t in enumerate(trajs):
+            n_resp, n_pol = len(t.response_ids), int(sum(t.loss_mask))
+            if len(t.logprobs) != n_resp or len(t.entropies) != n_resp:
+                return None
+            if need_hidden:
+                h = t.hidden_states
+                if h is None or h.ndim != 2 or h.shape[0] != n_pol:
+                    return None
+                hidden.append(torch.from_numpy(np.ascontiguousarray(h, dtype=np.float32)))
+            p0 = len(t.prompt_ids) - 1
+            lp[i, p0:p0 + n_resp] = torch.tensor(t.logprobs, dtype=torch.float32)
+            ent[i, p0:p0 + n_resp] = torch.tensor(t.entropies, dtype=torch.float32)
+        rm = batch.response_mask
+        return lp * rm, ent * rm, hidden
 
     def make_batch(self, trajs) -> PaddedBatch:
         ids = [list(t.prompt_ids) + list(t.response_ids) for t in trajs]
@@ -200,17 +257,19 @@ class RLTrainer:
         t1 = time.perf_counter()
 
         batch = self.make_batch(trajs)
-        need_hidden = self.objective.needs_hidden_states or c.hidden_states
+        need_hidden = self._need_hidden()
+        recorded = self.rollout_tensors(trajs, batch, need_hidden) if self.reuse_rollout_logprobs else None
+        reused = recorded is not None
         with torch.no_grad():
             self.model.eval()
-            old_lp, ent, hid = forward_logprobs(self.model, batch.input_ids, batch.attention_mask, c.temperature,
-                                                with_hidden=need_hidden, positions=batch.response_mask)
+            if reused:  # the engine's own log-probs: no old-log-prob forward
+                old_lp, ent, hidden = recorded
+            else:
+                old_lp, ent, hid = self._forward(self.model, batch, with_hidden=need_hidden)
+                hidden = policy_hidden_states(hid, batch.response_mask) if hid is not None else None
             batch.old_log_probs = old_lp
             if self.ref_model is not None:
-                batch.ref_log_probs, _, _ = forward_logprobs(self.ref_model, batch.input_ids, batch.attention_mask,
-                                                             c.temperature, with_entropy=False,
-                                                             positions=batch.response_mask)
-        hidden = policy_hidden_states(hid, batch.response_mask) if hid is not None else None
+                batch.ref_log_probs, _, _ = self._forward(self.ref_model, batch, with_entropy=False)
         if hidden is not None and c.hidden_states:
             for t, h in zip(trajs, hidden):
                 if t.hidden_states is None:
@@ -224,16 +283,27 @@ class RLTrainer:
 
         upd = ppo_update(self.model, self.optimizer, self.objective, batch, ppo_epochs=c.ppo_epochs,
                          num_minibatches=c.num_minibatches, grad_clip=c.optim.grad_clip, temperature=c.temperature,
-                         kl_coef=c.kl_coef, kl_type=c.kl_type, scheduler=self.scheduler, generator=self.generator)
+                         kl_coef=c.kl_coef, kl_type=c.kl_type, scheduler=self.scheduler, generator=self.generator,
+                         pack=self.pack)
         t3 = time.perf_counter()
 
         n = len(trajs)
-        sampled = torch.zeros_like(old_lp)
-        for i, t in enumerate(trajs):
-            lp = torch.tensor(t.logprobs, dtype=old_lp.dtype)
-            p0 = len(t.prompt_ids) - 1
-            sampled[i, p0:p0 + len(lp)] = lp
         rm = batch.response_mask
+        if reused:
+            # sampled vs trainer log-probs on the first mini-batch's episodes, whose forward
+            # ran at the rollout's weights (before any optimizer step)
+            logprob_absdiff = upd["first_minibatch_old_logprob_absdiff"]
+            if logprob_absdiff > ROLLOUT_LOGPROB_TOL:
+                warnings.warn(f"step {step}: engine log-probs differ from the trainer's by {logprob_absdiff:.2e} "
+                              f"(> {ROLLOUT_LOGPROB_TOL:g}); recomputing old log-probs from the next step on")
+                self.reuse_rollout_logprobs = False
+        else:
+            sampled = torch.zeros_like(old_lp)
+            for i, t in enumerate(trajs):
+                lp = torch.tensor(t.logprobs, dtype=old_lp.dtype)
+                p0 = len(t.prompt_ids) - 1
+                sampled[i, p0:p0 + len(lp)] = lp
+            logprob_absdiff = float(((sampled - old_lp).abs() * rm).sum() / rm.sum().clamp_min(1))
         outcome = summarize(trajs)
         rec = {
             "step": step,
@@ -245,7 +315,7 @@ class RLTrainer:
             "response_length": outcome["policy_tokens_per_episode"],
             "episode_length": sum(len(t.response_ids) for t in trajs) / n,
             **masked_entropy_stats(ent, rm),
-            "rollout_logprob_absdiff": float(((sampled - old_lp).abs() * rm).sum() / rm.sum().clamp_min(1)),
+            "rollout_logprob_absdiff": logprob_absdiff,
             "adv_abs_mean": float((adv.abs() * rm).sum() / rm.sum().clamp_min(1)),
             "clip_frac": upd.get("pg_clipfrac", 0.0),
             "cov_selected_frac": upd.get("cov_selected_frac"),

@@ -12,12 +12,16 @@ Log-probs and entropy come from ``verl.utils.torch_functional``; advantages from
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
 from verl.trainer.config import AlgoConfig
 from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.core_algos import agg_loss, kl_penalty
@@ -25,7 +29,8 @@ from verl.utils import torch_functional as verl_F
 
 from searchgym.training.objectives import Objective, masked_entropy_stats
 
-__all__ = ["PaddedBatch", "pad_batch", "forward_logprobs", "compute_advantages", "ppo_update", "policy_hidden_states"]
+__all__ = ["PaddedBatch", "pad_batch", "forward_logprobs", "packed_forward_logprobs", "compute_advantages",
+           "ppo_update", "policy_hidden_states", "VARLEN_SDPA"]
 
 
 @dataclass
@@ -126,6 +131,130 @@ def forward_logprobs(
     return logp, ent, (hid if with_hidden else None)
 
 
+def logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                         with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-prob of ``labels`` and entropy under ``softmax(logits)`` ((N, V) -> (N,), (N,)),
+    both from one ``log_softmax``.
+
+    The same math as verl's ``logprobs_from_logits`` (its CPU path, ``logprobs_from_logits_v2``:
+    ``x_y - logsumexp(x)``) and ``entropy_from_logits`` (``logsumexp(x) - sum(p x)``), equal
+    to them up to float round-off (tested to 1e-5). verl loops over rows to bound peak
+    memory on 150k-token vocabularies; on this project's vocabularies of a few thousand
+    that loop (one logsumexp and its backward per policy token) was most of the update's
+    elementwise time.
+    """
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    ent = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
+    return logp, ent
+
+
+#: transformers attention implementation for packed sequences: ``searchgym_spans`` (a list
+#: of ``(start, end)`` offsets into the packed axis) says where each sequence lies.
+VARLEN_SDPA = "searchgym_varlen_sdpa"
+
+
+def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                          scaling: float | None = None, is_causal: bool | None = None,
+                          searchgym_spans: Sequence[tuple[int, int]] | None = None, **kwargs):
+    """Causal SDPA of each packed sequence on its own: query ``[1, Hq, N, D]`` and key/value
+    ``[1, Hkv, N, D]`` hold the sequences back to back; sequence ``i`` occupies columns
+    ``searchgym_spans[i]`` and attends only to itself. No token attends across sequences and
+    no padding is computed (the attention work is sum of L_i^2, not B * max(L)^2)."""
+    if searchgym_spans is None:
+        raise ValueError(f"{VARLEN_SDPA} needs searchgym_spans (use packed_forward_logprobs)")
+    gqa = key.shape[1] != query.shape[1]
+    sizes = [e - s for s, e in searchgym_spans]
+    if sum(sizes) != query.shape[2]:
+        raise ValueError(f"searchgym_spans cover {sum(sizes)} of {query.shape[2]} packed tokens")
+    # split (not slicing): its backward is one cat, where each slice's backward would
+    # write into its own zero-filled copy of the whole packed tensor
+    outs = [F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling,
+                                           enable_gqa=gqa)
+            for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args, **kwargs):
+    return None  # the spans carry the structure; no (N, N) mask is ever built
+
+
+AttentionInterface.register(VARLEN_SDPA, varlen_sdpa_attention)
+AttentionMaskInterface.register(VARLEN_SDPA, _no_mask)
+
+
+@contextlib.contextmanager
+def _attn_implementation(model: torch.nn.Module, name: str):
+    """Run ``model`` with attention implementation ``name`` inside the block, restoring the
+    previous one after (the rollout engine and checkpoints see the model unchanged)."""
+    prev = model.config._attn_implementation
+    if prev == name:
+        yield
+        return
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(prev)
+
+
+def packed_forward_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    positions: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = True,
+    with_hidden: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``forward_logprobs(..., positions=positions)`` computed on the valid tokens only.
+
+    The B right-padded rows are packed into one row of ``sum(L_i)`` tokens (position ids
+    restart at 0 for each sequence; attention is causal within each sequence,
+    ``varlen_sdpa_attention``), so no layer computes a padding token; the LM head runs
+    only where ``positions > 0``. Returns the same (B, L-1) label-aligned log-probs and
+    entropy as the padded path (0 off ``positions``), equal to it up to float round-off
+    (different matmul shapes; tested to 1e-5), and, with ``with_hidden``, (B, L-1, d)
+    final-norm hidden states filled at ``positions`` (0 elsewhere).
+    """
+    am = attention_mask.bool()
+    lengths = am.sum(1)
+    if not bool((am == (torch.arange(am.shape[1]) < lengths[:, None])).all()):
+        raise ValueError("packed_forward_logprobs needs right-padded rows (attention_mask a prefix of ones)")
+    lens = lengths.tolist()
+    offsets = [0]
+    for n in lens:
+        offsets.append(offsets[-1] + n)
+    spans = [(offsets[i], offsets[i + 1]) for i in range(len(lens)) if lens[i] > 0]
+    flat_ids = input_ids[am].unsqueeze(0)
+    pos_ids = torch.cat([torch.arange(n) for n in lens if n > 0]).unsqueeze(0)
+    layer_types = set(getattr(model.config, "layer_types", None) or ["full_attention"])
+    with _attn_implementation(model, VARLEN_SDPA):
+        hidden = model.base_model(input_ids=flat_ids, position_ids=pos_ids, use_cache=False,
+                                  attention_mask={t: None for t in layer_types},
+                                  searchgym_spans=spans).last_hidden_state[0]
+    sel = positions > 0
+    rows, cols = sel.nonzero(as_tuple=True)  # row-major: the order masked_scatter fills
+    idx = torch.as_tensor(offsets[:-1], dtype=torch.long)[rows] + cols
+    h_sel = hidden[idx]
+    # lm_head(h / T) == lm_head(h) / T (a bias-free projection): dividing the d-wide input
+    # instead of the V-wide logits is V / d times fewer elements, forward and backward
+    head = model.get_output_embeddings()
+    scale = head.bias is None and temperature != 1.0
+    logits = head(h_sel / temperature if scale else h_sel).float()
+    if temperature != 1.0 and not scale:
+        logits = logits / temperature
+    lp_sel, ent_sel = logprobs_and_entropy(logits, input_ids[:, 1:][sel], with_entropy)
+    logp = torch.zeros(sel.shape, dtype=logits.dtype).masked_scatter(sel, lp_sel)
+    ent = None if ent_sel is None else torch.zeros(sel.shape, dtype=logits.dtype).masked_scatter(sel, ent_sel)
+    hid = None
+    if with_hidden:
+        hid = torch.zeros((*sel.shape, hidden.shape[-1]), dtype=hidden.dtype)
+        hid[rows, cols] = h_sel
+    return logp, ent, hid
+
+
 def policy_hidden_states(hidden: torch.Tensor, response_mask: torch.Tensor) -> list[torch.Tensor]:
     """Per sequence, the (T_i, d) hidden states at policy-token positions."""
     return [hidden[i][response_mask[i] > 0].detach() for i in range(hidden.shape[0])]
@@ -181,10 +310,18 @@ def ppo_update(
     kl_type: str = "low_var_kl",
     scheduler=None,
     generator: torch.Generator | None = None,
+    pack: bool = True,
 ) -> dict[str, float]:
     """``ppo_epochs`` passes over ``batch`` in ``num_minibatches`` shuffled mini-batches,
     one optimizer step each. ``batch`` needs ``old_log_probs`` and ``advantages`` (and
-    ``ref_log_probs`` when ``kl_coef > 0``). Returns metrics averaged over the updates."""
+    ``ref_log_probs`` when ``kl_coef > 0``). Returns metrics averaged over the updates,
+    plus ``first_minibatch_old_logprob_absdiff``: the policy-token mean of
+    |log-prob - old log-prob| on the first mini-batch, whose forward runs before any
+    optimizer step (so it checks the old log-probs against the current weights for free).
+
+    ``pack``: forward each mini-batch packed (``packed_forward_logprobs``, no padding
+    computed) instead of right-padded (``forward_logprobs``); the same mini-batches,
+    losses and steps, equal up to float round-off (tested)."""
     if batch.old_log_probs is None or batch.advantages is None:
         raise ValueError("ppo_update needs old_log_probs and advantages")
     if kl_coef > 0 and batch.ref_log_probs is None:
@@ -196,11 +333,20 @@ def ppo_update(
         if v is not None and not (isinstance(v, float) and math.isnan(v)):
             acc.setdefault(k, []).append(float(v))
 
+    first = {}
     for _ in range(ppo_epochs):
         for idx in _minibatches(len(batch), num_minibatches, generator):
             mb = batch.select(idx)
-            logp, ent, _ = forward_logprobs(model, mb.input_ids, mb.attention_mask, temperature,
-                                          positions=mb.response_mask)
+            if pack:
+                logp, ent, _ = packed_forward_logprobs(model, mb.input_ids, mb.attention_mask, mb.response_mask,
+                                                       temperature)
+            else:
+                logp, ent, _ = forward_logprobs(model, mb.input_ids, mb.attention_mask, temperature,
+                                                positions=mb.response_mask)
+            if not first:
+                rm = mb.response_mask
+                first["first_minibatch_old_logprob_absdiff"] = float(
+                    ((logp.detach() - mb.old_log_probs).abs() * rm).sum() / rm.sum().clamp_min(1))
             out = objective.compute_loss(mb.old_log_probs, logp, mb.advantages, mb.response_mask, ent)
             loss = out.loss
             if kl_coef > 0:
@@ -220,4 +366,4 @@ def ppo_update(
                 add(k, v)
             for k, v in masked_entropy_stats(ent, mb.response_mask).items():
                 add("update_" + k, v)
-    return {k: sum(v) / len(v) for k, v in acc.items()}
+    return {**{k: sum(v) / len(v) for k, v in acc.items()}, **first}
