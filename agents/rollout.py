@@ -91,6 +91,8 @@ class RolloutConfig:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         hl = self.hidden_layer
+        if isinstance(hl, (np.integer, np.floating)):  # e.g. from an array of settings
+            hl = self.hidden_layer = hl.item()
         if hl is not None:
             if isinstance(hl, bool) or not isinstance(hl, (int, float)):
                 raise ValueError(f"hidden_layer must be None, an int layer index or a float depth fraction, got {hl!r}")
