@@ -128,6 +128,11 @@ def test_cosine_sees_objectives_that_act_and_is_one_for_grpo(chain_model):
     flipped[:4] *= -1
     diff = policy_gradient_cosine(model, make_objective("grpo"), b, flipped)
     assert diff["mech/grad_cos_grpo"] < 0.99
+    # mini-batches without reward spread have no GRPO gradient: skipped, not measured
+    none = policy_gradient_cosine(model, make_objective("grpo"), b, torch.zeros_like(b.advantages))
+    assert none["mech/grad_diag_minibatches"] == 0 and "mech/grad_cos_grpo" not in none
+    one = policy_gradient_cosine(model, make_objective("grpo"), b, b.advantages, num_minibatches=4, max_minibatches=1)
+    assert one["mech/grad_diag_minibatches"] == 1
     with pytest.raises(ValueError, match="reference_advantages"):
         policy_gradient_cosine(model, make_objective("grpo"), b, flipped[:, :3])
 

@@ -148,8 +148,9 @@ def policy_gradient_cosine(
     ``batch`` needs ``old_log_probs`` and the objective's ``advantages``; the reference
     uses ``reference_advantages`` (the unshaped ones: er_shaped rewrites advantages). The
     batch is split into ``num_minibatches`` shuffled mini-batches (seeded by ``seed``, the
-    trainer's own generator untouched), of which the first ``max_minibatches`` (None: all)
-    are measured; per mini-batch both losses come from ONE forward at
+    trainer's own generator untouched); mini-batches whose reference advantages are all
+    zero (GRPO's gradient is 0, the cosine undefined) are skipped before any forward, and
+    at most ``max_minibatches`` (None: all) are measured. Per mini-batch both losses come from ONE forward at
     the current parameters (token selections are per mini-batch, as in training), each is
     differentiated with ``torch.autograd.grad``. The objective's full loss (entropy term
     included) is compared with the reference's plain loss; a reference KL term, identical
@@ -179,8 +180,12 @@ def policy_gradient_cosine(
     with torch.random.fork_rng(devices=devices):
         model.train()  # the mode ppo_update differentiates in
         try:
-            for idx in _minibatch_indices(len(batch), num_minibatches, seed)[:max_minibatches]:
+            for idx in _minibatch_indices(len(batch), num_minibatches, seed):
+                if max_minibatches is not None and len(cos) >= max_minibatches:
+                    break
                 mb, rb = batch.select(idx), ref_batch.select(idx)
+                if not bool((rb.advantages != 0).any()):
+                    continue  # GRPO's gradient is 0 here (no reward spread): no cosine, no cost
                 logp, ent, _ = forward_logprobs(model, mb.input_ids, mb.attention_mask, temperature,
                                                 positions=mb.response_mask)
                 loss_obj = objective.compute_loss(mb.old_log_probs, logp, mb.advantages, mb.response_mask, ent).loss
@@ -239,8 +244,8 @@ def step_mechanism_metrics(
     unshaped advantages for GRPO's gradient. Called after the update, so the gradient
     cosine is taken at the updated parameters against the step's old log-probs: the
     off-policy point the step's later mini-batches see, where clips and KL-Cov's penalty
-    act (at the old parameters every ratio is 1 and they cannot); on one mini-batch of the
-    step's size (``num_minibatches`` splits, the first measured).
+    act (at the old parameters every ratio is 1 and they cannot); over the step's
+    ``num_minibatches`` mini-batch split (a private permutation).
 
     Keys: every ``mech/*`` key of ``update_metrics`` (``mech/clip_frac_low``,
     ``mech/clip_frac_high``, ``mech/clip_frac_dual``, ``mech/clip_differs_from_grpo_frac``,
@@ -259,11 +264,8 @@ def step_mechanism_metrics(
     else:
         base = compute_advantages(cfg.adv_estimator, rewards, batch.response_mask, group_ids,
                                   cfg.norm_adv_by_std_in_grpo, cfg.gamma)
-    # one of the step's num_minibatches mini-batches: half the cost at 2, and the rule reads
-    # the median over the diagnostic steps
     out.update(policy_gradient_cosine(model, objective, batch, base, temperature=cfg.temperature,
-                                      num_minibatches=cfg.num_minibatches, max_minibatches=1,
-                                      seed=cfg.seed * 1_000_003 + step))
+                                      num_minibatches=cfg.num_minibatches, seed=cfg.seed * 1_000_003 + step))
     return out
 
 
