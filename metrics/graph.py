@@ -22,10 +22,10 @@ query it already sent?).
    id -1), as the paper drops lines of 5 characters or fewer: a lone newline or a one-token
    fragment is not a reasoning step. Query and answer segments are kept from one token
    (``min_segment_tokens = 1``): with a tokenizer trained on the world's corpus an entity
-   name is one token, and dropping one-token queries would drop many searches (smoke
-   world, 16 scripted forward episodes: every answer and 15 of 41 queries were one token
-   under the smoke model's tokenizer). Pass ``min_segment_tokens=2`` for the uniform < 2
-   rule.
+   name is one token, and dropping one-token queries would drop the searches (smoke world,
+   16 scripted forward episodes under the smoke model's tokenizer, which keeps entity names
+   whole: all 40 queries and all 16 answers were one token). Pass ``min_segment_tokens=2``
+   for the uniform < 2 rule.
 
 **Step vector**: the mean, over the step's policy tokens, of the hidden state at the chosen
 layer at each token's own position (``Trajectory.layer_states``; the state after reading
