@@ -458,6 +458,7 @@ def _load_uncached(index_dir: Path, encoder, cache_size: int, verify: bool):
         encoder if encoder is not None else spec.get("path"),
         query_prefix=spec.get("query_prefix", ""),
         passage_prefix=spec.get("passage_prefix", ""),
+        query_backend=spec.get("query_backend", "torch"),  # per index: "torch" | "onnx-int8"
     )
     if enc.dimension != dim:
         raise IndexFormatError(

@@ -7,9 +7,12 @@ bare ``{"id", "contents"}`` document otherwise (Search-R1 answers 500 there; we 
 ``GET /health`` reports the index, the encoder, the query cache and batching counters.
 
 Concurrent requests are queued and coalesced: the batcher takes everything pending (up to
-``max_batch`` queries, after a ``batch_wait_ms`` window) and answers it with one
-``retriever.search`` call per distinct ``topk``, in a worker thread, so the event loop
-never blocks on encoding or FAISS. With ``batching=False`` each request is its own call
+``max_batch`` queries) and answers it with one ``retriever.search`` call per distinct
+``topk``, in a worker thread, so the event loop never blocks on encoding or FAISS. The
+window is adaptive: a request that finds the server idle and no other request on its way
+is searched at once (no batching delay for a lone client); while a search runs, new
+requests queue and form the next batch; a batch waits (at most ``batch_wait_ms``) only
+for requests whose bodies are being read at that moment. With ``batching=False`` each request is its own call
 (the Search-R1-style baseline the benchmark compares against).
 
 Bad requests get a 4xx JSON ``{"detail": message}``, never a 500.
@@ -25,6 +28,7 @@ opened for a request (request fields are only queries and numbers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -55,7 +59,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     batching: bool = True
     max_batch: int = 256  # queries per coalesced retriever call
-    batch_wait_ms: float = 2.0
+    batch_wait_ms: float = 2.0  # longest a batch waits for requests still being read (adaptive window)
     token: str | None = None  # bearer token required on every route but /health
     # Slow-client limits (slowloris): a request's headers must arrive within
     # header_timeout_s of its first byte (or of the connection opening), its body within
@@ -163,8 +167,11 @@ class MicroBatcher:
     """Coalesces concurrent ``submit`` calls into few ``retriever.search`` calls.
 
     Requests wait in a deque; one loop task takes everything pending (whole requests, up
-    to ``max_batch`` queries; a larger single request goes alone), waits ``wait_s`` first
-    if the batch is not full yet, and runs the batch in the executor thread.
+    to ``max_batch`` queries; a larger single request goes alone) and runs it in the
+    executor thread; whatever arrives meanwhile is the next batch. Adaptive window: before
+    a batch that is not full, the loop waits (at most ``wait_s``) only while some request
+    is between ``arriving()`` (its handler started) and ``submit`` (its body parsed), i.e.
+    a batch partner is known to be seconds-fractions away; otherwise it flushes at once.
     """
 
     def __init__(self, retriever, executor: ThreadPoolExecutor, max_batch: int, wait_s: float):
@@ -174,7 +181,9 @@ class MicroBatcher:
         self.wait_s = wait_s
         self._pending: deque = deque()
         self._pending_queries = 0
+        self._incoming = 0  # requests whose handler started but that are not submitted yet
         self._event: asyncio.Event | None = None
+        self._arrival: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.batches = 0
         self.batched_queries = 0
@@ -182,6 +191,7 @@ class MicroBatcher:
 
     def start(self) -> None:
         self._event = asyncio.Event()
+        self._arrival = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -196,12 +206,38 @@ class MicroBatcher:
             if not fut.done():
                 fut.set_exception(ServerShuttingDown("server shutting down; retry"))
 
+    @contextlib.contextmanager
+    def arriving(self):
+        """Mark a request on its way (its body is being read) for the duration of the block;
+        a batch about to start waits for such requests (at most ``wait_s``)."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+            if self._arrival is not None:
+                self._arrival.set()
+
     async def submit(self, queries: list[str], k: int) -> list[list[Hit]]:
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((queries, k, fut))
         self._pending_queries += len(queries)
         self._event.set()
+        self._arrival.set()
         return await fut
+
+    async def _gather(self, loop) -> None:
+        """The adaptive window: wait while a request is being read and the batch has room."""
+        deadline = loop.time() + self.wait_s
+        while self._incoming > 0 and self._pending_queries < self.max_batch:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._arrival.clear()
+            try:
+                await asyncio.wait_for(self._arrival.wait(), left)
+            except asyncio.TimeoutError:
+                return
 
     def _execute(self, batch: list) -> list[list[list[Hit]]]:
         # One search per distinct k (normally one): mixing k in one call would change
@@ -227,8 +263,8 @@ class MicroBatcher:
             if not self._pending:
                 self._event.clear()
                 continue
-            if self.wait_s > 0 and self._pending_queries < self.max_batch:
-                await asyncio.sleep(self.wait_s)  # let concurrent requests join
+            if self.wait_s > 0 and self._incoming > 0 and self._pending_queries < self.max_batch:
+                await self._gather(loop)
             batch, n = [], 0
             while self._pending and (not batch or n + len(self._pending[0][0]) <= self.max_batch):
                 item = self._pending.popleft()
@@ -322,11 +358,12 @@ def create_app(retriever, config: ServerConfig | None = None):
         if not authorized(request):
             return error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         try:
-            try:
-                body = await asyncio.wait_for(read_body(request), config.body_timeout_s)
-            except asyncio.TimeoutError:
-                raise RequestError(408, f"request body not received within {config.body_timeout_s:g} s") from None
-            queries, topk, return_scores = decode_request(body, config)
+            with batcher.arriving() if config.batching else contextlib.nullcontext():
+                try:
+                    body = await asyncio.wait_for(read_body(request), config.body_timeout_s)
+                except asyncio.TimeoutError:
+                    raise RequestError(408, f"request body not received within {config.body_timeout_s:g} s") from None
+                queries, topk, return_scores = decode_request(body, config)
         except RequestError as exc:
             # A body left unread (413, 408) must not be drained: close the connection.
             headers = {"Connection": "close"} if exc.status in (408, 413) else None
