@@ -94,7 +94,8 @@ class FixedEvaluation:
             untrained = self._untrained
         return evaluate_fixed(model, tokenizer, self._envs, self._questions, samples=c.samples,
                               temperature=c.temperature, max_new_tokens=self.max_new_tokens, sampling_seed=seed,
-                              er_window=c.er_window, vendi=c.vendi, embed_fn=self._embed, untrained=untrained)
+                              er_window=c.er_window, vendi=c.vendi, embed_fn=self._embed, untrained=untrained,
+                              graph_layer=c.graph_layer)
 
 
 def eval_seeds(seed: int) -> tuple[int, int]:

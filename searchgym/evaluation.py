@@ -8,6 +8,11 @@ arms compare paired. It returns three things (see :class:`EvalResult`):
 - ``summary``: the metrics of all episodes (``searchgym.metrics.summarize_rollouts`` names);
 - ``per_question``: the same metrics per question, which the report bootstraps over seeds
   and then questions;
+- reasoning graphs (``searchgym.metrics.graph``, arXiv 2506.05744) when ``graph_layer`` is
+  set: ``graph_*`` over every reasoning step's state at that layer, ``qgraph_*`` over the
+  search-query steps' states only (a think -> query -> think alternation revisits a think
+  cluster by construction; the query steps alone do not), and ``query_*`` over the
+  queries' text embeddings (does the agent re-issue a query it already sent);
 - ``controls``: the positive control of every between-sample metric (forced collapse: each
   question's samples replaced by copies of one of them) and, when the untrained initial model
   is given, the content control of the hidden-state metrics (the same token sequences
@@ -27,6 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from searchgym.metrics.controls import collapse_control
+from searchgym.metrics.graph import query_graph_metrics, reasoning_graph_metrics, step_vectors_from_tokens
 from searchgym.metrics.summary import summarize_rollouts
 
 __all__ = ["EvalResult", "trajectory_records", "teacher_forced_hidden_states", "evaluate_fixed",
@@ -124,7 +130,8 @@ def _numeric(d: dict) -> dict[str, float]:
 
 def evaluate_fixed(model, tokenizer, envs, questions: Sequence[int], *, samples: int, temperature: float,
                    max_new_tokens: int, sampling_seed: int, er_window: int = 32, vendi: bool = True,
-                   embed_fn: Callable | None = None, untrained=None, collapse: bool = True) -> EvalResult:
+                   embed_fn: Callable | None = None, untrained=None, collapse: bool = True,
+                   graph_layer: float | int | None = None) -> EvalResult:
     """Sample ``samples`` rollouts of each question and measure them (see the module doc).
 
     ``untrained``: the untrained initial model; when given, the hidden-state content metrics
@@ -139,7 +146,7 @@ def evaluate_fixed(model, tokenizer, envs, questions: Sequence[int], *, samples:
     model.eval()
     engine = RolloutEngine(model, tokenizer, RolloutConfig(
         n=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=sampling_seed,
-        return_hidden_states=True, max_batch_size=len(envs)))
+        return_hidden_states=True, max_batch_size=len(envs), hidden_layer=graph_layer))
     with torch.no_grad():
         trajs = engine.rollout_questions(envs, list(questions), n=samples)
     model.train(was_training)
@@ -157,6 +164,14 @@ def evaluate_fixed(model, tokenizer, envs, questions: Sequence[int], *, samples:
     summary = _numeric(s)
     summary["response_length"] = float(np.mean([t.num_policy_tokens for t in trajs])) if trajs else math.nan
     per_question = {str(q): _numeric(m) for q, m in per_group.items()}
+    if graph_layer is not None:
+        g = graph_metrics(trajs, embed)
+        for key, groups in g.pop("per_group").items():
+            for q, m in groups.items():
+                row = per_question.setdefault(str(q), {})
+                row.update({f"{key}{k}": v for k, v in _numeric(m).items()})
+        skipped.update(g.pop("undefined"))
+        summary.update(_numeric(g))
     controls: dict[str, Any] = {"skipped": {k: str(v) for k, v in skipped.items()}}
     if collapse:
         controls["forced_collapse"] = collapse_control(records, measure)
@@ -174,6 +189,31 @@ def evaluate_fixed(model, tokenizer, envs, questions: Sequence[int], *, samples:
                     row[f"{name}_tf/{k}"] = _finite(qm.get(k))
         controls["untrained_model"] = content
     return EvalResult(summary, per_question, controls, time.perf_counter() - t0)
+
+
+def graph_metrics(trajs, embed_fn: Callable | None) -> dict:
+    """The three reasoning-graph views of a batch of trajectories (see the module doc):
+    flat ``graph_*``, ``qgraph_*``, ``query_*`` scalars, ``per_group`` {prefix: {question:
+    metrics}} and ``undefined`` {key: why a value is NaN}."""
+    groups = [t.group_id for t in trajs]
+    steps, query_steps = [], []
+    for t in trajs:
+        pol = [sg for sg, m in zip(t.segments, t.loss_mask) if m]
+        vecs, kinds = step_vectors_from_tokens(t.layer_states, t.step_ids, pol)
+        steps.append(vecs)
+        query_steps.append(vecs[[i for i, k in enumerate(kinds) if k == "query"]] if len(kinds) else vecs)
+    out: dict[str, Any] = {"per_group": {}, "undefined": {}}
+    views = [("graph_", reasoning_graph_metrics(steps, groups, prefix="graph_")),
+             ("qgraph_", reasoning_graph_metrics(query_steps, groups, prefix="qgraph_"))]
+    if embed_fn is not None and any(t.queries for t in trajs):
+        views.append(("query_", query_graph_metrics([list(t.queries) for t in trajs], groups, embed_fn=embed_fn)))
+    for prefix, m in views:
+        out["per_group"][prefix] = m.pop(f"{prefix}per_group", {}) or {}
+        m.pop(f"{prefix}per_trajectory", None)
+        for k, why in (m.pop(f"{prefix}undefined", None) or {}).items():
+            out["undefined"][f"{prefix}{k}" if not str(k).startswith(prefix) else k] = str(why)
+        out.update({k: v for k, v in m.items() if not isinstance(v, (dict, list))})
+    return out
 
 
 class _CachedEmbedder:

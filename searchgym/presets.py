@@ -54,6 +54,9 @@ class EvalConfig:
     temperature: float = 1.0
     er_window: int = 32  # tokens of the within-response window ER
     vendi: bool = True
+    # layer of the reasoning-graph step vectors (a depth fraction, 0.9 as arXiv 2506.05744;
+    # None: no graphs)
+    graph_layer: float | None = 0.9
 
 
 @dataclass
