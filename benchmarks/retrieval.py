@@ -1,16 +1,25 @@
 """Retrieval benchmark: ratios measured side by side in one run over the same index.
 
-1. The server with micro-batching vs the same server with micro-batching off, at 16 and
-   64 concurrent clients each sending one query per request: throughput ratio, p50/p99.
-2. The micro-batched server at 64 clients vs in-process ``DenseRetriever.search`` on
-   batches of 64 (the cost of the HTTP hop).
-3. Query-cache hit vs miss latency (in-process, one query per call).
+1. The server with adaptive micro-batching vs the same server with batching off (one
+   encode + FAISS call per request, as Search-R1's ``retrieval_server.py`` handler does:
+   the Search-R1-style baseline) at 1, 16 and 64 concurrent closed-loop clients, each
+   sending one query per request: throughput ratio, p50/p99. The same with the index's
+   ``onnx-int8`` query backend.
+2. The batched server at 64 clients vs in-process ``DenseRetriever.search`` on batches of
+   64 (the cost of the HTTP hop), fp32 and int8.
+3. With an httpx load generator (what most users' clients look like) at 16 and 64 clients:
+   throughput must not fall from 16 to 64. The default generator is a raw asyncio
+   HTTP/1.1 client, light enough not to starve the server on 2 cores; both generators'
+   CPU per request is reported.
+4. In-process query encoding, fp32 vs onnx-int8 (queries/CPU-second, batches of 64), and
+   the int8 path's recall@10 / top-1 agreement against fp32 on the same index.
+5. Query-cache hit vs miss latency (in-process, one query per call).
 
-The query cache is off for 1-2 and every query is distinct, so every query is encoded.
-Both servers run as separate processes (``searchgym serve``) on 127.0.0.1; the
+The query cache is off for 1-4 and every query is distinct, so every query is encoded.
+The servers run as separate processes (``searchgym serve``) on 127.0.0.1; the
 configurations are interleaved in short rounds so drifting machine load hits them alike.
 
-    python benchmarks/retrieval.py [--index DIR] [--duration 6] [--json out.json]
+    python benchmarks/retrieval.py [--index DIR] [--duration 8] [--json out.json]
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -116,9 +126,26 @@ class RawHTTPConnection:
             self.writer.close()
 
 
-async def load_test(url: str, clients: int, queries: list[str], duration: float, warmup: float, k: int) -> dict:
-    """``clients`` concurrent connections, each in a loop sending one query per request."""
+async def load_test(url: str, clients: int, queries: list[str], duration: float, warmup: float, k: int,
+                    client: str = "raw") -> dict:
+    """``clients`` concurrent connections, each in a loop sending one query per request
+    (``client``: "raw" = ``RawHTTPConnection``, "httpx" = one ``httpx.AsyncClient`` pool)."""
     host, port = url.split("//")[1].split(":")
+    if client == "httpx":
+        import httpx
+
+        pool = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=clients,
+                                                                 max_keepalive_connections=clients))
+
+        class HttpxConnection:
+            async def post_json(self, path, body):
+                r = await pool.post(url + path, content=body, headers={"content-type": "application/json"})
+                return r.status_code, r.content
+
+            async def close(self):
+                pass
+    else:
+        pool = None
     latencies: list[float] = []
     next_q = 0
     t_start = time.perf_counter()
@@ -126,7 +153,7 @@ async def load_test(url: str, clients: int, queries: list[str], duration: float,
 
     async def worker():
         nonlocal next_q
-        conn = RawHTTPConnection(host, int(port))
+        conn = HttpxConnection() if pool is not None else RawHTTPConnection(host, int(port))
         try:
             while True:
                 q = queries[next_q % len(queries)]
@@ -144,7 +171,11 @@ async def load_test(url: str, clients: int, queries: list[str], duration: float,
         finally:
             await conn.close()
 
-    await asyncio.gather(*(worker() for _ in range(clients)))
+    try:
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    finally:
+        if pool is not None:
+            await pool.aclose()
     return latencies
 
 
@@ -219,66 +250,140 @@ def main(argv=None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="searchgym-bench-")
         index_dir = build_index(sample_corpus_path(), Path(tmp.name) / "dense", progress=False)
     queries = make_queries(300_000, seed=0)
+    load_start = os.getloadavg()[0]
     print(f"index {index_dir}; cpu cores {os.cpu_count()}; threads {args.threads}; {args.duration:g} s per configuration; "
           f"cache off; k={args.k}; load average {os.getloadavg()[0]:.1f}")
 
-    # Both servers stay up; configurations are interleaved in short rounds so that drifting
+    # All servers stay up; configurations are interleaved in short rounds so that drifting
     # load from other processes hits every configuration alike.
     from searchgym.retrieval import load_retriever
 
-    local = load_retriever(index_dir, shared=False, cache_size=0)
-    local.search(queries[:64], args.k)  # warm up
-    configs = [(b, c) for c in (16, 64) for b in (True, False)]
+    fast_dir = Path(tempfile.mkdtemp(prefix="searchgym-bench-int8-")) / "index"
+    shutil.copytree(index_dir, fast_dir)
+    manifest = json.loads((fast_dir / "manifest.json").read_text())
+    manifest["encoder"]["query_backend"] = "onnx-int8"  # the per-index switch
+    (fast_dir / "manifest.json").write_text(json.dumps(manifest))
+    local = {"fp32": load_retriever(index_dir, shared=False, cache_size=0),
+             "int8": load_retriever(fast_dir, shared=False, cache_size=0)}
+    for r in local.values():
+        r.search(queries[:64], args.k)  # warm up (and export the int8 encoder once)
+    # (server, clients, load generator)
+    configs = [(srv, c, "raw") for c in (1, 16, 64) for srv in ("batched", "unbatched", "int8")]
+    configs += [("batched", c, "httpx") for c in (16, 64)]
     lat: dict = {cfg: [] for cfg in configs}
-    local_n, local_s = 0, 0.0
+    client_cpu: dict = {cfg: 0.0 for cfg in configs}
+    local_n = {m: 0 for m in local}
+    local_s = {m: 0.0 for m in local}
     slot = args.duration / args.rounds
     offset = 64
-    with ServerProcess(index_dir, True, args.threads) as batched, ServerProcess(index_dir, False, args.threads) as unbatched:
+    with ServerProcess(index_dir, True, args.threads) as batched, \
+            ServerProcess(index_dir, False, args.threads) as unbatched, \
+            ServerProcess(fast_dir, True, args.threads) as fast:
+        servers = {"batched": batched, "unbatched": unbatched, "int8": fast}
         for rnd in range(args.rounds):
-            for batching, clients in configs:
-                srv = batched if batching else unbatched
+            for cfg in configs:
+                srv, clients, gen = cfg
                 qs = queries[offset : offset + 5000]  # fresh queries: nothing is cached or deduplicated
                 offset += 5000
-                lat[(batching, clients)] += asyncio.run(load_test(srv.url, clients, qs, slot, args.warmup, args.k))
-            n, sec = in_process(local, 64, queries[offset : offset + 5000], slot, args.k)
-            offset += 5000
-            local_n, local_s = local_n + n, local_s + sec
+                c0 = time.process_time()
+                got = asyncio.run(load_test(servers[srv].url, clients, qs, slot, args.warmup, args.k, gen))
+                client_cpu[cfg] += time.process_time() - c0
+                lat[cfg] += got
+            for mode, r in local.items():
+                n, sec = in_process(r, 64, queries[offset : offset + 5000], slot, args.k)
+                offset += 5000
+                local_n[mode], local_s[mode] = local_n[mode] + n, local_s[mode] + sec
     results: dict = {"server": {}, "rounds": args.rounds}
-    for (batching, clients), values in lat.items():
-        mode = "batched" if batching else "unbatched"
-        res = results["server"][f"{mode}_{clients}"] = summarize(clients, values, args.duration)
-        print(f"  server {mode:9s} {clients:3d} clients: {res['qps']:8.1f} q/s  p50 {res['p50_ms']:7.1f} ms  "
-              f"p99 {res['p99_ms']:7.1f} ms  ({res['requests']} requests)")
-    results["in_process"] = {"batch": 64, "queries": local_n, "seconds": local_s, "qps": local_n / local_s}
-    print(f"  in-process DenseRetriever.search, batches of 64: {results['in_process']['qps']:8.1f} q/s")
+    for (srv, clients, gen), values in lat.items():
+        name = f"{srv}_{clients}" + ("_httpx" if gen == "httpx" else "")
+        res = results["server"][name] = summarize(clients, values, args.duration)
+        res["client_cpu_ms_per_request"] = 1000 * client_cpu[(srv, clients, gen)] / max(1, res["requests"])
+        print(f"  server {srv:9s} {clients:3d} clients ({gen:5s}): {res['qps']:8.1f} q/s  p50 {res['p50_ms']:7.1f} ms  "
+              f"p99 {res['p99_ms']:7.1f} ms  ({res['requests']} requests; client {res['client_cpu_ms_per_request']:.2f} "
+              f"CPU-ms/request)")
+    results["in_process"] = {m: {"batch": 64, "queries": local_n[m], "seconds": local_s[m],
+                                 "qps": local_n[m] / local_s[m]} for m in local}
+    for m, v in results["in_process"].items():
+        print(f"  in-process DenseRetriever.search ({m}), batches of 64: {v['qps']:8.1f} q/s")
+    enc = encode_throughput(local, queries[offset : offset + 2048])
+    offset += 2048
+    results["encode"] = enc
+    print(f"  in-process encode_queries, batches of 64: fp32 {enc['fp32_qps_cpu']:.0f}, onnx-int8 "
+          f"{enc['int8_qps_cpu']:.0f} queries/CPU-s")
+    agree = int8_agreement(local, queries[offset : offset + 1000], 10)
+    offset += 1000
+    results["int8_vs_fp32"] = agree
+    print(f"  onnx-int8 vs fp32 on this index ({agree['queries']} queries): recall@10 {agree['recall_at_10']:.3f}, "
+          f"top-1 agreement {agree['top1_agreement']:.3f}")
     offset += 5000
     results["cache"] = cache_latency(index_dir, queries[offset:], args.k)
     print(f"  cache: miss p50 {results['cache']['miss_p50_ms']:.2f} ms, hit p50 {results['cache']['hit_p50_ms']:.3f} ms")
 
     s = results["server"]
-    ratios = {
-        "batched_vs_unbatched_16": s["batched_16"]["qps"] / s["unbatched_16"]["qps"],
-        "batched_vs_unbatched_64": s["batched_64"]["qps"] / s["unbatched_64"]["qps"],
-        "server64_vs_in_process64": s["batched_64"]["qps"] / results["in_process"]["qps"],
+    ip = results["in_process"]
+    ratios = {f"batched_vs_unbatched_{c}": s[f"batched_{c}"]["qps"] / s[f"unbatched_{c}"]["qps"] for c in (1, 16, 64)}
+    ratios.update({f"int8_vs_unbatched_{c}": s[f"int8_{c}"]["qps"] / s[f"unbatched_{c}"]["qps"] for c in (1, 16, 64)})
+    ratios.update({
+        "p99_batched_vs_unbatched_1": s["batched_1"]["p99_ms"] / s["unbatched_1"]["p99_ms"],
+        "server64_vs_in_process64": s["batched_64"]["qps"] / ip["fp32"]["qps"],
+        "int8_server64_vs_int8_in_process64": s["int8_64"]["qps"] / ip["int8"]["qps"],
+        "httpx_64_vs_16": s["batched_64_httpx"]["qps"] / s["batched_16_httpx"]["qps"],
+        "encode_int8_vs_fp32": enc["int8_qps_cpu"] / enc["fp32_qps_cpu"],
+        "int8_recall_at_10": agree["recall_at_10"],
         "cache_miss_vs_hit": results["cache"]["miss_p50_ms"] / results["cache"]["hit_p50_ms"],
-    }
+    })
     results["ratios"] = ratios
-    print("ratios (measured side by side):")
-    print(f"  micro-batched / unbatched throughput, 16 clients: {ratios['batched_vs_unbatched_16']:.2f}x")
-    print(f"  micro-batched / unbatched throughput, 64 clients: {ratios['batched_vs_unbatched_64']:.2f}x  (target >= 3x)")
-    print(f"  server (64 clients) / in-process batched search:  {ratios['server64_vs_in_process64']:.2f}x  (target >= 0.7x)")
-    print(f"  cache miss / hit latency:                          {ratios['cache_miss_vs_hit']:.1f}x")
+    print("ratios (measured side by side; unbatched = the Search-R1-style baseline):")
+    for c in (1, 16, 64):
+        print(f"  batched / unbatched throughput, {c:2d} clients:   {ratios[f'batched_vs_unbatched_{c}']:.2f}x   "
+              f"int8 / unbatched: {ratios[f'int8_vs_unbatched_{c}']:.2f}x")
+    print(f"  p99 batched / unbatched, 1 client:               {ratios['p99_batched_vs_unbatched_1']:.2f}x (<= 1 is no worse)")
+    print(f"  server (64 clients) / in-process batched search: {ratios['server64_vs_in_process64']:.2f}x fp32, "
+          f"{ratios['int8_server64_vs_int8_in_process64']:.2f}x int8  (target >= 0.8x)")
+    print(f"  httpx client, 64 / 16 clients throughput:        {ratios['httpx_64_vs_16']:.2f}x (target >= 1)")
+    print(f"  in-process encode, onnx-int8 / fp32:             {ratios['encode_int8_vs_fp32']:.2f}x (aim >= 2x); "
+          f"recall@10 vs fp32 {ratios['int8_recall_at_10']:.3f}")
+    print(f"  cache miss / hit latency:                        {ratios['cache_miss_vs_hit']:.1f}x")
     if args.json:
         from searchgym.retrieval.fileio import atomic_write_json
 
         atomic_write_json(args.json, results)
     if tmp is not None:
         tmp.cleanup()
+    shutil.rmtree(fast_dir.parent, ignore_errors=True)
     figures = {k: round(v, 3) for k, v in ratios.items()}
     figures.update({f"qps_{k}": round(v["qps"], 1) for k, v in s.items()})
     figures.update({f"p99_ms_{k}": round(v["p99_ms"], 1) for k, v in s.items()})
+    figures.update({f"client_cpu_ms_{k}": round(v["client_cpu_ms_per_request"], 3) for k, v in s.items()})
+    figures.update({f"qps_in_process_{m}": round(v["qps"], 1) for m, v in ip.items()})
+    figures["load_average_start"] = round(load_start, 2)
     print("RESULT_JSON " + json.dumps({"name": "retrieval", "figures": figures}))
     return 0
+
+
+def encode_throughput(local: dict, queries: list[str], batch: int = 64) -> dict:
+    """Queries per CPU-second of ``encoder.encode_queries`` on batches of ``batch``, fp32 and
+    int8 interleaved batch by batch."""
+    cpu = {m: 0.0 for m in local}
+    n = 0
+    for i in range(0, len(queries) - batch + 1, batch):
+        part = queries[i : i + batch]
+        for m, r in local.items():
+            c0 = time.process_time()
+            r.encoder.encode_queries(part)
+            cpu[m] += time.process_time() - c0
+        n += len(part)
+    return {f"{m}_qps_cpu": n / max(cpu[m], 1e-9) for m in local}
+
+
+def int8_agreement(local: dict, queries: list[str], k: int) -> dict:
+    """recall@k of the int8 query path's top-k against fp32's (same index), and top-1 agreement."""
+    ref, got = local["fp32"].search(queries, k), local["int8"].search(queries, k)
+    kk = [min(k, len(a)) for a in ref]
+    recall = float(np.mean([len({h.doc_id for h in a} & {h.doc_id for h in b}) / max(1, n)
+                            for a, b, n in zip(ref, got, kk)]))
+    top1 = float(np.mean([bool(a) and bool(b) and a[0].doc_id == b[0].doc_id for a, b in zip(ref, got)]))
+    return {"queries": len(queries), "recall_at_10": recall, "top1_agreement": top1}
 
 
 if __name__ == "__main__":

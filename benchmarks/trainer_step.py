@@ -145,10 +145,13 @@ def base_config(quick: bool, steps: int, init: str, out: str, world: str, kl_coe
 
 def main() -> None:
     args, world, init = rl_bench_setup(__doc__.splitlines()[0], default_steps=5, extra=[
-        ("--kl-coef", dict(type=float, default=0.0, help="0 = the small preset; 0.001 adds the reference pass")),
+        ("--kl-coef", dict(type=float, default=None,
+                           help="0 = the small preset (default); 0.001 adds the reference pass (--quick's default)")),
         ("--batch-questions", dict(type=int, default=0, help="questions per step (0 = preset)")),
         ("--n-samples", dict(type=int, default=0, help="samples per question (0 = preset)")),
     ])
+    if args.kl_coef is None:
+        args.kl_coef = 0.001 if args.quick else 0.0
     import torch
 
     from searchgym.experiment import StepMetricsHook

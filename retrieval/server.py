@@ -182,6 +182,7 @@ class MicroBatcher:
         self._pending: deque = deque()
         self._pending_queries = 0
         self._incoming = 0  # requests whose handler started but that are not submitted yet
+        self._busy = False  # a search is running (batch or lone request)
         self._event: asyncio.Event | None = None
         self._arrival: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -219,7 +220,21 @@ class MicroBatcher:
                 self._arrival.set()
 
     async def submit(self, queries: list[str], k: int) -> list[list[Hit]]:
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if not self._busy and not self._pending and self._incoming == 0:
+            # Idle and nobody else on the way: search at once, without the hop through the
+            # batcher task (a lone client then pays what the unbatched server pays).
+            self._busy = True
+            self.batches += 1
+            self.batched_queries += len(queries)
+            self.batched_requests += 1
+            try:
+                return (await loop.run_in_executor(self.executor, self._execute, [(queries, k, None)]))[0]
+            finally:
+                self._busy = False
+                if self._pending:
+                    self._event.set()
+        fut = loop.create_future()
         self._pending.append((queries, k, fut))
         self._pending_queries += len(queries)
         self._event.set()
@@ -260,7 +275,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._event.wait()
-            if not self._pending:
+            if not self._pending or self._busy:  # a lone request's search wakes us when it ends
                 self._event.clear()
                 continue
             if self.wait_s > 0 and self._incoming > 0 and self._pending_queries < self.max_batch:
@@ -279,6 +294,7 @@ class MicroBatcher:
             self.batches += 1
             self.batched_queries += sum(len(item[0]) for item in batch)
             self.batched_requests += len(batch)
+            self._busy = True
             try:
                 results = await loop.run_in_executor(self.executor, self._execute, batch)
             except Exception as exc:  # a server fault: every request of the batch gets it
@@ -286,6 +302,8 @@ class MicroBatcher:
                     if not item[2].done():
                         item[2].set_exception(exc)
                 continue
+            finally:
+                self._busy = False
             for item, res in zip(batch, results):
                 if not item[2].done():
                     item[2].set_result(res)

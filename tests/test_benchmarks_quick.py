@@ -60,11 +60,15 @@ def test_index_build_quick():
 def test_trainer_step_quick():
     f = run_quick("trainer_step")
     phases = ("rollout", "old_logprob", "reference", "advantages", "update", "metrics")
-    for p in phases:
-        assert f"{p}_s" in f and f"{p}_share" in f
-    assert f["reference_s"] > 0  # the quick config keeps the frozen reference
-    assert sum(f[f"{p}_share"] for p in phases) == pytest.approx(1.0, abs=1e-6)
-    assert 0 < f["metric_hook_share"] <= f["metrics_share"] + 1e-9
+    for side in ("before", "after"):
+        for clock in ("cpu", "wall"):
+            total = sum(f[f"{side}_{p}_{clock}_s"] for p in phases)
+            assert total == pytest.approx(f[f"{side}_step_{clock}_s"], abs=1e-6), (side, clock)
+        assert f[f"{side}_reference_cpu_s"] > 0  # the quick config keeps the frozen reference
+        assert 0 < f[f"{side}_update_peak_frac"] < 1
+    assert f["before_old_logprob_cpu_s"] > 0 and f["after_old_logprob_cpu_s"] == 0  # engine log-probs reused
+    assert f["token_identical_steps"] == f["steps_averaged"]  # same seed, same episodes on both paths
+    assert f["after_logprob_absdiff"] < 1e-3 and f["matmul_peak_gflops"] > 0
 
 
 def test_metrics_cost_quick():
