@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ArmSpec", "StepMetricsHook", "FixedEvaluation", "eval_seeds", "start_eval_stage", "rl_arm_stage"]
+__all__ = ["ArmSpec", "StepMetricsHook", "FixedEvaluation", "eval_seeds", "sft_stage", "start_eval_stage",
+           "rl_arm_stage"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,17 @@ def _strict(obj):
     if isinstance(obj, (np.floating, np.integer, np.bool_)):
         return _strict(obj.item())
     return obj
+
+
+def sft_stage(spec: ArmSpec, config: dict, out: Path, inputs: dict[str, Path], scratch: Path) -> dict:
+    """An SFT warm start (``spec.warm_start``'s demonstrations) from the tiny model."""
+    from searchgym.training.sft import train_sft
+
+    cfg = dataclasses.replace(config["sft"], model=str(inputs["model"] / "model"),
+                              demos=str(inputs["demos"] / f"{spec.warm_start}.jsonl"), out=str(out),
+                              world=str(inputs["world"] / "world"), threads=config.get("threads", 0))
+    train_sft(cfg, progress=config.get("progress", False))
+    return {}
 
 
 def start_eval_stage(spec: ArmSpec, config: dict, out: Path, inputs: dict[str, Path], scratch: Path) -> dict:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from searchgym.arms import (  # noqa: F401 - re-exported: the arm stages and hooks
-    ArmSpec, FixedEvaluation, StepMetricsHook, eval_seeds, rl_arm_stage, start_eval_stage,
+    ArmSpec, FixedEvaluation, StepMetricsHook, eval_seeds, rl_arm_stage, sft_stage, start_eval_stage,
 )
 from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
 
@@ -242,9 +242,10 @@ class ArmTask:
     version: int = 1
     stage: str = "arm"  # the stage name's prefix
     code: str = ""  # code fingerprint of the stage (code_fingerprint)
+    name: str = ""  # the stage name, when not "<stage>-<arm_id>"
 
     def stage_name(self) -> str:
-        return f"{self.stage}-{self.spec.arm_id}"
+        return self.name or f"{self.stage}-{self.spec.arm_id}"
 
     def is_cached(self) -> bool:
         """Whether the arm's stage is already finished (then running it only reads the cache)."""
@@ -356,18 +357,6 @@ def _demos_stage(preset):
     return fn
 
 
-def _sft_stage(preset, warm: str, threads: int, progress: bool):
-    def fn(out: Path, inputs: dict, scratch: Path) -> dict:
-        from searchgym.training.sft import train_sft
-
-        cfg = dataclasses.replace(preset.sft, model=str(inputs["model"] / "model"),
-                                  demos=str(inputs["demos"] / f"{warm}.jsonl"), out=str(out),
-                                  world=str(inputs["world"] / "world"), threads=threads)
-        train_sft(cfg, progress=progress)
-        return {}
-    return fn
-
-
 def run_experiment(preset, out: str | Path, progress: bool = True) -> dict:
     """Run (or resume) the main job for ``preset`` into ``out``; returns the report dict.
 
@@ -456,17 +445,26 @@ def _run_locked(preset, out: Path, progress: bool) -> dict:
     model = stage("model", preset.model, {"world": world}, _model_stage(preset), _CODE["model"]); bar.update()
     bar.set_postfix_str("demos")
     demos = stage("demos", preset.demos, {"world": world}, _demos_stage(preset), _CODE["demos"]); bar.update()
-    warm = {}
-    for ws in preset.warm_starts:
-        bar.set_postfix_str(f"sft {ws}")
-        warm[ws] = stage(f"sft-{ws}", (ws, preset.sft), {"world": world, "model": model, "demos": demos},
-                         _sft_stage(preset, ws, ncpu, progress), _CODE["sft"])
-    bar.update()
-
     specs = [ArmSpec(ws, obj, seed) for ws in preset.warm_starts for obj in preset.objectives for seed in preset.seeds]
     workers = max(1, min(preset.workers, len(specs)))
     threads = max(1, ncpu // workers)
     arm_cfg = {"rl": preset.rl, "eval": preset.eval, "threads": threads, "progress": progress and workers == 1}
+
+    # the SFT warm starts, side by side in the worker pool (single-thread workers beat one
+    # 2-thread process on this tiny model; see Preset.workers)
+    bar.set_postfix_str("sft " + " + ".join(preset.warm_starts))
+    sft_cfg = _ArmConfig({"sft": preset.sft, "threads": threads, "progress": progress and workers == 1})
+    sft_tasks = [ArmTask(ArmSpec(ws, "sft", 0), str(cache.root), sft_cfg,
+                         {"world": world, "model": model, "demos": demos}, sft_stage, name=f"sft-{ws}",
+                         code=code_fingerprint(*_CODE["sft"])) for ws in preset.warm_starts]
+    warm = {}
+    for t, o in zip(sft_tasks, run_arms(sft_tasks, workers=min(workers, len(sft_tasks)), threads_per_worker=threads,
+                                        progress=progress)):
+        if o.status != "ok":
+            raise RuntimeError(f"{t.stage_name()} failed: {o.error}")
+        warm[o.spec.warm_start] = StageResult(t.stage_name(), o.key, Path(o.path), o.cached, o.wall_s, o.built_s)
+        timings[t.stage_name()] = {"cached": o.cached, "wall_s": o.wall_s, "built_s": o.built_s, "key": o.key}
+    bar.update()
 
     # the RL-start evaluations (one per warm start and seed, shared by its objectives' arms)
     bar.set_postfix_str("RL-start evaluations")
