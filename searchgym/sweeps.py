@@ -39,7 +39,7 @@ import numpy as np
 from searchgym.retrieval.fileio import append_jsonl, atomic_write_json, atomic_write_text
 
 __all__ = ["SFTRecipe", "SFTSweepConfig", "SelectionRule", "recipe_tag", "measure_policy", "sweep_sft",
-           "load_results", "choose", "write_tables", "main"]
+           "remeasure_sft", "load_results", "choose", "write_tables", "main"]
 
 
 @dataclass(frozen=True)
@@ -243,6 +243,60 @@ def sweep_sft(cfg: SFTSweepConfig) -> list[Path]:
     return runs
 
 
+def remeasure_sft(cfg: SFTSweepConfig, run_names: Sequence[str] = ()) -> int:
+    """Measure the saved epoch checkpoints of finished runs again at ``cfg.temperatures``
+    (e.g. a temperature the first pass did not try) and merge the new temperatures into
+    their ``results.jsonl`` records (greedy accuracy is measured again and must agree:
+    the same model on the same questions). ``cfg.measure_epochs`` picks epochs (() = all
+    recorded); ``run_names`` picks run folders under ``<out>/sweeps/sft`` (() = all).
+    Returns the number of records updated."""
+    import torch
+
+    from searchgym.presets import get_preset
+    from searchgym.retrieval.fileio import read_jsonl
+    from searchgym.training.common import load_model, make_envs
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    preset = get_preset(cfg.preset)
+    root = Path(cfg.out) / "sweeps" / "sft"
+    dirs = [root / n for n in run_names] if run_names else sorted(d for d in root.iterdir() if d.is_dir())
+    envs = None
+    updated = 0
+    for d in dirs:
+        results = d / "results.jsonl"
+        if not results.is_file():
+            raise FileNotFoundError(f"{results}: no results to extend (run `sweeps sft` first)")
+        recs = read_jsonl(results)
+        for rec in recs:
+            if cfg.measure_epochs and rec["epoch"] not in cfg.measure_epochs:
+                continue
+            ckpt = d / "epochs" / f"epoch-{rec['epoch']}"
+            if not ckpt.is_dir():
+                raise FileNotFoundError(f"{ckpt}: checkpoint missing")
+            if envs is None:
+                world = Path(json.loads((ckpt / "searchgym_train.json").read_text(encoding="utf-8"))["world"])
+                n_envs = max(cfg.greedy_questions, min(64, cfg.sample_questions * cfg.samples))
+                envs, _ = make_envs(cfg.family, min(n_envs, 64), cfg.split, str(world), preset.rl.max_turns,
+                                    preset.rl.retriever, **preset.rl.env_kwargs)
+            model, tok = load_model(ckpt)
+            m = measure_policy(model, tok, envs, temperatures=cfg.temperatures,
+                               sample_questions=cfg.sample_questions, samples=cfg.samples,
+                               greedy_questions=cfg.greedy_questions, max_new_tokens=preset.rl.max_new_tokens,
+                               family=cfg.family, split=cfg.split, seed=cfg.seed)
+            rec.setdefault("greedy_remeasured", []).append(m["greedy_accuracy"])
+            rec["by_temperature"].update(m["by_temperature"])
+            updated += 1
+            if cfg.progress:
+                print(f"[sweep] {d.name} epoch {rec['epoch']}: greedy {m['greedy_accuracy']:.3f} (was "
+                      f"{rec['greedy_accuracy']:.3f}) " + "  ".join(
+                          f"T{k}: H={v['token_entropy']:.3f} acc={v['accuracy']:.2f}"
+                          for k, v in m["by_temperature"].items()), file=sys.stderr, flush=True)
+            atomic_write_text(results, "".join(json.dumps(r) + "\n" for r in recs))
+    return updated
+
+
 # ----------------------------------------------------------------------------- tables
 
 
@@ -403,6 +457,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--results", default="", help="also write sweep.md/sweep.json here after the runs")
     s.add_argument("--no-progress", action="store_true")
+    m = sub.add_parser("measure", help="measure saved epoch checkpoints again at more temperatures")
+    m.add_argument("--out", required=True)
+    m.add_argument("--preset", default="small")
+    m.add_argument("--runs", default="", help="run folder names under <out>/sweeps/sft (default: all)")
+    m.add_argument("--temperatures", type=_floats, required=True)
+    m.add_argument("--measure-epochs", type=_ints, default=())
+    m.add_argument("--sample-questions", type=int, default=32)
+    m.add_argument("--samples", type=int, default=8)
+    m.add_argument("--greedy-questions", type=int, default=64)
+    m.add_argument("--threads", type=int, default=1)
+    m.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("table", help="collect the runs under <out>/sweeps/sft into sweep.md + sweep.json")
     t.add_argument("--out", required=True)
     t.add_argument("--results", required=True)
@@ -432,6 +497,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.results:
                 write_tables(Path(args.out) / "sweeps" / "sft", args.results,
                              command="python -m searchgym.sweeps " + " ".join(argv if argv is not None else sys.argv[1:]))
+        elif args.cmd == "measure":
+            if not args.temperatures or any(x <= 0 for x in args.temperatures):
+                raise ValueError("--temperatures must be positive numbers")
+            cfg = SFTSweepConfig(out=args.out, preset=args.preset, temperatures=args.temperatures,
+                                 sample_questions=args.sample_questions, samples=args.samples,
+                                 greedy_questions=args.greedy_questions, measure_epochs=args.measure_epochs,
+                                 threads=args.threads, seed=args.seed)
+            n = remeasure_sft(cfg, [r for r in args.runs.split(",") if r])
+            print(f"updated {n} records", file=sys.stderr)
         else:
             write_tables(Path(args.out) / "sweeps" / "sft", args.results, command=args.command, notes=args.note)
     except (ValueError, FileNotFoundError, RunFolderBusy) as exc:

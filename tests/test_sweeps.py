@@ -114,3 +114,10 @@ def test_sweep_smoke_end_to_end_shares_the_main_jobs_stage_cache(tmp_path):
     before = (run_dir / "results.jsonl").read_text()
     assert main(argv) == 0  # finished runs are skipped, their results kept
     assert (run_dir / "results.jsonl").read_text() == before
+    # a further temperature measured on the saved checkpoint joins the record; greedy agrees
+    assert main(["measure", "--out", str(out), "--preset", "smoke", "--runs", run_dir.name, "--temperatures", "1.0",
+                 "--sample-questions", "3", "--samples", "4", "--greedy-questions", "4"]) == 0
+    rec = json.loads((run_dir / "results.jsonl").read_text().splitlines()[0])
+    assert set(rec["by_temperature"]) == {"0.7", "1", "1.2"}
+    assert rec["greedy_remeasured"] == [rec["greedy_accuracy"]]
+    assert main(["measure", "--out", str(out), "--runs", "nope", "--temperatures", "1.0"]) == 2
