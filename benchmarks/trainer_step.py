@@ -15,10 +15,11 @@ time and for the process's CPU time (``time.process_time``, robust to a shared m
 Both trainers sample from (seed, step) with the same weights up to float round-off, so
 their episodes stay token-identical as long as round-off flips no sample (reported).
 
-Config: the main job's small RL config (small preset model, 8 questions x 4 samples,
-2 PPO epochs x 2 mini-batches, T = 0.7, multi-hop, hidden states + ``StepMetricsHook`` on,
-``kl_coef`` as given: 0 is the preset, 0.001 Search-R1's default adds the reference pass)
-on the smoke world from a cached quick SFT warm start, 1 thread.
+Config: the main job's small RL config as ``get_preset("small").rl`` defines it (small
+preset model and batch, e.g. 8 questions x 8 samples, 2 PPO epochs x 2 mini-batches, its
+temperature; hidden states + ``StepMetricsHook`` on; ``--batch-questions/--n-samples``
+override the batch; ``kl_coef`` as given: 0 is the preset, 0.001, Search-R1's default,
+adds the reference pass) on the smoke world from a cached quick SFT warm start, 1 thread.
 
 The update's **fraction of the matmul peak**: useful FLOPs of the update (valid tokens
 only: 6 x linear parameters per token, 6 x d x V per policy token for the LM head,
