@@ -5,10 +5,13 @@ One step:
 1. rollout ``n_samples`` x ``batch_questions`` episodes with the batched engine
    (sampling seeded by ``(seed, step)``, so a resumed run samples what the original did);
 2. rewards from the env; old log-probs / entropies (and final-norm hidden states when
-   needed) recomputed by one no-grad forward; reference log-probs when ``kl_coef > 0``;
+   needed) as the engine recorded them while sampling (``ROLLOUT_LOGPROB_TOL``; a no-grad
+   recompute when a trajectory lacks them or they drift); reference log-probs (packed
+   forward) only when ``kl_coef > 0``;
 3. advantages from ``verl...get_adv_estimator_fn(adv_estimator)``, then the objective's
    advantage transform;
-4. ``ppo_epochs`` x ``num_minibatches`` optimizer steps (``update.ppo_update``);
+4. ``ppo_epochs`` x ``num_minibatches`` optimizer steps (``update.ppo_update``), each
+   mini-batch forwarded as packed sequences (no padding computed);
 5. one line appended to ``<out>/metrics.jsonl`` and TensorBoard scalars; hooks
    ``(trajectories) -> dict`` add their fields to the line; checkpoint every
    ``save_every`` steps.
