@@ -104,6 +104,14 @@ def _python_files() -> list[Path]:
     return out
 
 
+#: (file, pattern) pairs that are allowed, each with why. Only tests, never package code.
+ALLOWED = {
+    ("tests/test_tasks_persistent.py", "pickle.loads: pickle-based loading"):
+        "the persistent-task contract itself: an EnvSpec pickled by the same test must make the env in a "
+        "fresh process, as a Ray worker does (bytes the test made, never read from disk)",
+}
+
+
 def test_source_tree_has_no_unsafe_loading_or_shell():
     files = _python_files()
     assert len(files) > 50, f"scan found only {len(files)} files under {REPO}"
@@ -113,6 +121,8 @@ def test_source_tree_has_no_unsafe_loading_or_shell():
         if f.resolve() == here:  # this file spells the patterns out in its self-test below
             continue
         violations += find_violations(f.read_text(encoding="utf-8"), str(f.relative_to(REPO)))
+    violations = [v for v in violations if tuple(x.strip() for x in (v.split(":")[0], v.split(": ", 1)[1]))
+                  not in ALLOWED]
     assert not violations, "forbidden patterns:\n" + "\n".join(violations)
 
 
