@@ -357,6 +357,22 @@ def _demos_stage(preset):
     return fn
 
 
+def base_stages(preset, cache: StageCache, on_stage: Callable[[StageResult], None] | None = None
+                ) -> dict[str, StageResult]:
+    """The world (+ index), tiny-model and demonstration stages of ``preset``, built or found
+    in ``cache`` under the main job's keys (code fingerprints included): the common inputs
+    of the main job and of the sweeps that tune its presets."""
+    out: dict[str, StageResult] = {}
+    for name, cfg, inputs, fn in (("world", (preset.world, preset.index), {}, _world_stage(preset)),
+                                  ("model", preset.model, ("world",), _model_stage(preset)),
+                                  ("demos", preset.demos, ("world",), _demos_stage(preset))):
+        r = cache.run(name, cfg, {k: out[k] for k in inputs}, fn, code=code_fingerprint(*_CODE[name]))
+        out[name] = r
+        if on_stage is not None:
+            on_stage(r)
+    return out
+
+
 def run_experiment(preset, out: str | Path, progress: bool = True) -> dict:
     """Run (or resume) the main job for ``preset`` into ``out``; returns the report dict.
 
@@ -433,18 +449,14 @@ def _run_locked(preset, out: Path, progress: bool) -> dict:
     timings: dict[str, dict] = {}
     t_start = time.perf_counter()
 
-    def stage(name, cfg, inputs, fn, code_roots):
-        r = cache.run(name, cfg, inputs, fn, code=code_fingerprint(*code_roots))
-        timings[name] = {"cached": r.cached, "wall_s": r.wall_s, "built_s": r.built_s, "key": r.key}
-        return r
-
     bar = tqdm(total=6, desc="stages", unit="stage", disable=not progress)
-    bar.set_postfix_str("world + index")
-    world = stage("world", (preset.world, preset.index), {}, _world_stage(preset), _CODE["world"]); bar.update()
-    bar.set_postfix_str("tiny model")
-    model = stage("model", preset.model, {"world": world}, _model_stage(preset), _CODE["model"]); bar.update()
-    bar.set_postfix_str("demos")
-    demos = stage("demos", preset.demos, {"world": world}, _demos_stage(preset), _CODE["demos"]); bar.update()
+
+    def done(r: StageResult) -> None:
+        timings[r.name] = {"cached": r.cached, "wall_s": r.wall_s, "built_s": r.built_s, "key": r.key}
+        bar.update()
+
+    base = base_stages(preset, cache, on_stage=done)
+    world, model, demos = base["world"], base["model"], base["demos"]
     specs = [ArmSpec(ws, obj, seed) for ws in preset.warm_starts for obj in preset.objectives for seed in preset.seeds]
     workers = max(1, min(preset.workers, len(specs)))
     threads = max(1, ncpu // workers)

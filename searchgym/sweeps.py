@@ -152,12 +152,10 @@ def measure_policy(model, tokenizer, envs, *, temperatures: Sequence[float], sam
 
 def _stage_inputs(preset, out: Path, progress: bool) -> dict:
     """world, model and demos stages of the main job (built or found in ``out/cache``)."""
-    from searchgym.experiment import StageCache, _demos_stage, _model_stage, _world_stage
+    from searchgym.experiment import StageCache, base_stages
 
-    cache = StageCache(out / "cache")
-    world = cache.run("world", (preset.world, preset.index), {}, _world_stage(preset))
-    model = cache.run("model", preset.model, {"world": world}, _model_stage(preset))
-    demos = cache.run("demos", preset.demos, {"world": world}, _demos_stage(preset))
+    stages = base_stages(preset, StageCache(out / "cache"))
+    world, model, demos = stages["world"], stages["model"], stages["demos"]
     if progress:
         for r in (world, model, demos):
             print(f"[sweep] stage {r.name}: {'cached' if r.cached else 'built'} {r.path}", file=sys.stderr)

@@ -88,7 +88,7 @@ def test_sweep_smoke_end_to_end_shares_the_main_jobs_stage_cache(tmp_path):
     """Smoke preset, 1 epoch, both warm starts: per-epoch results, checkpoints, the
     experiment's stage keys (a later `searchgym run` into the folder reuses them), and a
     rerun skips finished runs."""
-    from searchgym.experiment import stage_key
+    from searchgym.experiment import _CODE, code_fingerprint, stage_key
     from searchgym.presets import get_preset
     from searchgym.sweeps import main
 
@@ -98,7 +98,7 @@ def test_sweep_smoke_end_to_end_shares_the_main_jobs_stage_cache(tmp_path):
             "--no-progress"]
     assert main(argv) == 0
     preset = get_preset("smoke")
-    world_key = stage_key("world", (preset.world, preset.index), {})
+    world_key = stage_key("world", (preset.world, preset.index), {}, code=code_fingerprint(*_CODE["world"]))
     assert (out / "cache" / f"world-{world_key}" / "manifest.json").is_file()
     data = json.loads((res / "sweep.json").read_text())
     assert {r["warm_start"] for r in data["records"]} == {"narrow", "diverse"}
