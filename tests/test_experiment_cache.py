@@ -98,3 +98,22 @@ def test_failing_arm_is_not_fatal(tmp_path, workers):
     assert (Path(out[0].path) / "threads.txt").read_text() == "1"
     again = run_arms(tasks, workers=1, progress=False)
     assert again[0].cached and again[2].cached and again[1].status == "failed"
+
+
+def test_code_fingerprint_follows_code_not_comments(tmp_path):
+    from searchgym.experiment import _code_of, _searchgym_imports, code_fingerprint
+
+    src = '"""Doc."""\nimport os\n\n\ndef f(x):\n    """Doc of f."""\n    # why\n    return x + 1\n'
+    a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
+    a.write_text(src)
+    b.write_text(src.replace("# why", "# a new measurement: 3.2x").replace("Doc of f.", "Another doc."))
+    c.write_text(src.replace("x + 1", "x + 2"))
+    assert _code_of(a) == _code_of(b)  # comments and docstrings are not code
+    assert _code_of(a) != _code_of(c)
+    # every searchgym import counts, function-local and relative ones too
+    d = tmp_path / "d.py"
+    d.write_text("import numpy\nfrom . import rank\n\ndef g():\n    from searchgym.training.sft import train_sft\n")
+    found = _searchgym_imports(d, "searchgym.metrics.summary")
+    assert {"searchgym.metrics.rank", "searchgym.training.sft"} <= found and "numpy" not in found
+    # a stage's fingerprint covers what its root imports: SFT code is in the SFT stage's, not the world's
+    assert code_fingerprint("searchgym.training.sft") != code_fingerprint("searchgym.envs.world")
