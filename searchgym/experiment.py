@@ -472,7 +472,8 @@ def _run_locked(preset, out: Path, progress: bool) -> dict:
 
     base = base_stages(preset, cache, on_stage=done)
     world, model, demos = base["world"], base["model"], base["demos"]
-    specs = [ArmSpec(ws, obj, seed) for ws in preset.warm_starts for obj in preset.objectives for seed in preset.seeds]
+    # seed-major order: an interrupted run has finished whole seeds of every arm group first
+    specs = [ArmSpec(ws, obj, seed) for seed in preset.seeds for ws in preset.warm_starts for obj in preset.objectives]
     workers = max(1, min(preset.workers, len(specs)))
     threads = max(1, ncpu // workers)
     arm_cfg = {"rl": preset.rl, "eval": preset.eval, "threads": threads, "progress": progress and workers == 1}
