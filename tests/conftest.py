@@ -1,4 +1,4 @@
-"""Shared fixtures of the retrieval server tests."""
+"""Shared fixtures: the retrieval server tests' index and reference, and a smoke warm start."""
 
 from __future__ import annotations
 
@@ -19,3 +19,36 @@ def reference(index_dir):
     from searchgym.retrieval import load_retriever
 
     return load_retriever(index_dir, shared=False, cache_size=0)
+
+
+@pytest.fixture(scope="session")
+def smoke_sft_start(tmp_path_factory):
+    """(world dir, SFT model dir): the smoke world with a BM25 index, the tiny model, a
+    24-step SFT on the scripted mixture agent's correct episodes (groups get reward spread).
+    Built once per test session for every test that needs a warm start."""
+    import json
+
+    from searchgym.agents.model import init_model
+    from searchgym.agents.policy import run_policy
+    from searchgym.agents.scripted import ScriptedPolicy
+    from searchgym.envs import make_batch
+    from searchgym.envs.world import ensure_world
+    from searchgym.training.config import sft_preset
+    from searchgym.training.sft import train_sft
+
+    root = tmp_path_factory.mktemp("smoke-sft")
+    world = ensure_world("smoke", 0, root=root / "worlds")
+    envs = make_batch("searchgym/Mixed-v0", 16, world_dir=str(world), retriever="bm25", split="train")
+    trajs = run_policy(ScriptedPolicy("mixture"), envs, list(range(len(envs[0].questions))), n=1)
+    demos = root / "demos.jsonl"
+    with open(demos, "w") as f:
+        for t in trajs:
+            if t.correct:
+                f.write(json.dumps({"prompt": t.prompt, "turns": [{"action": x["action"],
+                                                                      "observation": x.get("observation")}
+                                                                     for x in t.turns]}) + "\n")
+    init_model("smoke", root / "base", world_dir=world)
+    cfg = sft_preset("smoke", model=str(root / "base"), demos=str(demos), out=str(root / "sft"), world=str(world),
+                     retriever="bm25", epochs=3, max_steps=24, eval_questions=2, threads=1,
+                     optim={"lr": 5e-3, "warmup_steps": 3})
+    return world, train_sft(cfg, progress=False)

@@ -267,32 +267,9 @@ def test_summarize_mechanism_rule_on_synthetic_records():
 
 
 @pytest.fixture(scope="module")
-def smoke_sft(tmp_path_factory):
-    """A smoke-world SFT start (like tests/test_training_rl.py's): groups get reward spread."""
-    from searchgym.agents.model import init_model
-    from searchgym.agents.policy import run_policy
-    from searchgym.agents.scripted import ScriptedPolicy
-    from searchgym.envs import make_batch
-    from searchgym.envs.world import ensure_world
-    from searchgym.training.config import sft_preset
-    from searchgym.training.sft import train_sft
-
-    root = tmp_path_factory.mktemp("diag")
-    world = ensure_world("smoke", 0, root=root / "worlds")
-    envs = make_batch("searchgym/Mixed-v0", 16, world_dir=str(world), retriever="bm25", split="train")
-    trajs = run_policy(ScriptedPolicy("mixture"), envs, list(range(len(envs[0].questions))), n=1)
-    demos = root / "demos.jsonl"
-    with open(demos, "w") as f:
-        for t in trajs:
-            if t.correct:
-                f.write(json.dumps({"prompt": t.prompt, "turns": [{"action": x["action"],
-                                                                      "observation": x.get("observation")}
-                                                                     for x in t.turns]}) + "\n")
-    init_model("smoke", root / "base", world_dir=world)
-    cfg = sft_preset("smoke", model=str(root / "base"), demos=str(demos), out=str(root / "sft"), world=str(world),
-                     retriever="bm25", epochs=3, max_steps=24, eval_questions=2, threads=1,
-                     optim={"lr": 5e-3, "warmup_steps": 3})
-    return train_sft(cfg, progress=False)
+def smoke_sft(smoke_sft_start):
+    """conftest's session-wide smoke warm start (groups get reward spread)."""
+    return smoke_sft_start[1]
 
 
 @pytest.mark.slow

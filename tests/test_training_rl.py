@@ -20,32 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smoke_start(tmp_path_factory):
-    """(world dir, SFT model dir): smoke world, BM25 index, tiny model, a short SFT."""
-    from searchgym.agents.model import init_model
-    from searchgym.agents.policy import run_policy
-    from searchgym.agents.scripted import ScriptedPolicy
-    from searchgym.envs import make_batch
-    from searchgym.envs.world import ensure_world
-    from searchgym.training.config import sft_preset
-    from searchgym.training.sft import train_sft
-
-    root = tmp_path_factory.mktemp("rl")
-    world = ensure_world("smoke", 0, root=root / "worlds")
-    envs = make_batch("searchgym/Mixed-v0", 16, world_dir=str(world), retriever="bm25", split="train")
-    trajs = run_policy(ScriptedPolicy("mixture"), envs, list(range(len(envs[0].questions))), n=1)
-    demos = root / "demos.jsonl"
-    with open(demos, "w") as f:
-        for t in trajs:
-            if t.correct:
-                f.write(json.dumps({"prompt": t.prompt, "turns": [{"action": x["action"],
-                                                                      "observation": x.get("observation")}
-                                                                     for x in t.turns]}) + "\n")
-    init_model("smoke", root / "base", world_dir=world)
-    cfg = sft_preset("smoke", model=str(root / "base"), demos=str(demos), out=str(root / "sft"), world=str(world),
-                     retriever="bm25", epochs=3, max_steps=24, eval_questions=2, threads=1,
-                     optim={"lr": 5e-3, "warmup_steps": 3})
-    model = train_sft(cfg, progress=False)
+def smoke_start(smoke_sft_start):
+    """(world dir, SFT model dir): conftest's session-wide smoke warm start."""
+    world, model = smoke_sft_start
     info = json.loads((model / "searchgym_train.json").read_text())
     assert info["world"] == str(world) and 0.0 <= info["val_accuracy"] <= 1.0
     return world, model
