@@ -414,6 +414,7 @@ def analyse(arms: list[ArmData], meta: dict | None = None) -> dict:
     claims = _claims(groups, controls, vs_grpo, warm_cmp, table)
     return _clean({
         "meta": meta,
+        "run_time": run_time(meta.get("stage_times") or {}),
         "rules": _rules(),
         "arms": [{"arm_id": a.arm_id, "warm_start": a.warm_start, "objective": a.objective, "seed": a.seed,
                   "status": a.status if a in ok else ("failed" if a.status == "failed" else "no_eval"),
@@ -455,6 +456,23 @@ def collapse_criterion(members: list[ArmData]) -> dict:
     met = bool(train) and all(v <= COLLAPSE_CRITERION for v in train.values())
     return {"threshold": COLLAPSE_CRITERION, "train_entropy_ratio": train, "eval_entropy_ratio": ev,
             "met": met if train else None}
+
+
+def run_time(stage_times: Mapping[str, dict]) -> dict:
+    """The run's time from scratch, from the stages' own build times (a stage found in the
+    cache still records how long it took to build): world + model + demos, the longest SFT
+    warm start (they train side by side), the RL-start evaluations and the arms.
+    ``approximate`` when the evaluations or arms were read from the cache (then their
+    wall time is not their build time)."""
+    if not stage_times:
+        return {"from_scratch_s": None, "approximate": True}
+    base = sum(float(stage_times.get(k, {}).get("built_s") or 0.0) for k in ("world", "model", "demos"))
+    sft = max([float(v.get("built_s") or 0.0) for k, v in stage_times.items() if k.startswith("sft-")] or [0.0])
+    rest = sum(float(stage_times.get(k, {}).get("wall_s") or 0.0) for k in ("start_evals", "arms"))
+    approx = bool(stage_times.get("start_evals", {}).get("cached")) or not stage_times.get("arms")
+    return {"from_scratch_s": base + sft + rest, "base_s": base, "sft_s": sft,
+            "start_evals_s": float(stage_times.get("start_evals", {}).get("wall_s") or 0.0),
+            "arms_s": float(stage_times.get("arms", {}).get("wall_s") or 0.0), "approximate": approx}
 
 
 def _metrics_share(members: list[ArmData]) -> float | None:
@@ -878,8 +896,11 @@ def render_markdown(analysis: dict, figures: dict[str, str]) -> str:
             f"{meta.get('seeds', [])}); {meta.get('rl_steps', '?')} RL steps; evaluation: "
             f"{ev.get('questions', '?')} {ev.get('family', '')} {ev.get('split', '')} questions x "
             f"{ev.get('samples', '?')} samples at T = {ev.get('temperature', '?')}, at the RL start and every "
-            f"{ev.get('every', '?')} steps; total wall time {_fmt(meta.get('wall_s'), 0)} s on "
-            f"{meta.get('workers', '?')} worker(s).")
+            f"{ev.get('every', '?')} steps; wall time of this invocation {_fmt(meta.get('wall_s'), 0)} s on "
+            f"{meta.get('workers', '?')} worker(s); from scratch (the stages' own build times: world + model + "
+            f"demos, the longer SFT warm start, RL-start evaluations, arms) "
+            f"{_fmt(analysis['run_time'].get('from_scratch_s'), 0)} s"
+            f"{' (approximate: evaluations or arms read from the cache)' if analysis['run_time'].get('approximate') else ''}.")
         for note in meta.get("notes", []):
             lines.append(f"\n**Note:** {note}")
         lines.append("")

@@ -33,6 +33,7 @@ TIMING_FIELDS = {
     "arms/*/wall_s",
     "table/*/wall_s",
     "table/*/metrics_share",  # metric-hook time / step time
+    "run_time",  # the run's time from scratch, from the stages' build times
 }
 
 

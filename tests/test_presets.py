@@ -25,7 +25,7 @@ def _test_questions(preset) -> int:
 def test_pilot_is_plain_grpo_from_the_diverse_start_with_groups_of_8():
     p = get_preset("pilot")
     assert p.objectives == ("grpo",) and p.warm_starts == ("diverse",) and len(p.seeds) >= 2
-    assert p.rl.n_samples >= 8 and p.budget_s <= 15 * 60
+    assert p.rl.n_samples >= 8 and p.budget_s <= 25 * 60
 
 
 @pytest.mark.parametrize("name", ["small", "full"])
@@ -49,15 +49,15 @@ def test_small_and_full_sizes_and_budgets():
 
 @pytest.mark.parametrize("name", [n for n in PRESET_NAMES if (RESULTS / n / "report.json").is_file()])
 def test_committed_report_ran_within_its_presets_budget(name):
-    """A committed report's measured wall time (meta.wall_s) is within its preset's budget,
-    and it was run with the preset's arms."""
-    meta = json.loads((RESULTS / name / "report.json").read_text(encoding="utf-8"))["meta"]
+    """A committed report's measured time from scratch (the stages' own build times) is
+    within its preset's budget, and it was run with the preset's arms."""
+    rep = json.loads((RESULTS / name / "report.json").read_text(encoding="utf-8"))
+    meta = rep["meta"]
     p = get_preset(name)
     assert meta["preset"] == name
     assert set(meta["objectives"]) == set(p.objectives) and set(meta["warm_starts"]) == set(p.warm_starts)
     assert len(meta["seeds"]) >= len(p.seeds)
-    if p.budget_s:
-        assert meta["wall_s"] <= p.budget_s, (meta["wall_s"], p.budget_s)
+    assert rep["run_time"]["from_scratch_s"] <= p.budget_s, (rep["run_time"], p.budget_s)
 
 
 def test_overrides_are_checked():
