@@ -130,6 +130,14 @@ def _temp_pid(name: str, target: str) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
+def remove_temp(p: Path) -> None:
+    """Delete a temp file or folder an atomic writer left (a symlink itself, never its target)."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
 def remove_dead_temps(path: str | Path) -> list[Path]:
     """Delete the temp files/folders of target ``path`` whose writer process is gone (a
     build killed by SIGKILL or a crash); temps of live writers are kept. Returns what was
@@ -144,10 +152,7 @@ def remove_dead_temps(path: str | Path) -> list[Path]:
         pid = _temp_pid(p.name, path.name)
         if pid is None or _pid_alive(pid):
             continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
+        remove_temp(p)
         removed.append(p)
     return removed
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 from searchgym.arms import (  # noqa: F401 - re-exported: the arm stages and hooks
     ArmSpec, FixedEvaluation, StepMetricsHook, eval_seeds, rl_arm_stage, sft_stage, start_eval_stage,
 )
-from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
+from searchgym.retrieval.fileio import atomic_dir, atomic_write_json, remove_temp
 
 MANIFEST = "manifest.json"
 
@@ -445,10 +445,7 @@ def remove_stale_temps(out: Path) -> list[Path]:
             continue
         for p in base.iterdir():
             if _is_temp(p.name):
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+                remove_temp(p)
                 removed.append(p)
     return removed
 
