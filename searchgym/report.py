@@ -734,15 +734,16 @@ def _claims(groups: dict, controls: dict, vs_grpo: list[dict], warm_cmp: list[di
         eq = vg["metrics"].get("accuracy", {}).get("equivalence")
         row["accuracy_equivalence"] = eq
         row["mechanism"] = _mech_text((rows_by.get((w, obj)) or {}).get("mechanism"))
-        if row["verdict"] in ("supported", "contradicted", "inconclusive at this power") and eq is not None:
-            acc = vg["metrics"]["accuracy"]
-            below = acc.get("ci_high") is not None and acc["ci_high"] < -ACCURACY_MARGIN
+        acc = vg["metrics"].get("accuracy") or {}
+        below = acc.get("ci_high") is not None and acc["ci_high"] < -ACCURACY_MARGIN
+        if below and not row["verdict"].startswith("not tested"):
+            # the rule's second branch needs no diversity number: it loses accuracy
+            row["verdict"] = "contradicted"
+            row["verdict_reason"] = "accuracy is lower than GRPO's by more than the margin"
+        elif row["verdict"] in ("supported", "contradicted", "inconclusive at this power") and eq is not None:
             if row["verdict"] == "supported" and not eq.get("equivalent"):
-                row["verdict"] = "contradicted" if below else "inconclusive at this power"
+                row["verdict"] = "inconclusive at this power"
                 row["verdict_reason"] = "diversity rises but accuracy is not shown equal (TOST)"
-            elif below:
-                row["verdict"] = "contradicted"
-                row["verdict_reason"] = "accuracy is lower than GRPO's by more than the margin"
         rows.append(row)
     return rows
 
