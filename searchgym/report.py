@@ -643,6 +643,9 @@ def _claim_row(claim: str, measurement: str, name: str, effect: dict, direction:
     if r is None:
         row["verdict"] = "not measured (" + (effect.get("reason") or "no data") + ")"
         return row
+    if direction == "zero" and not margin:
+        row["verdict"] = "not measured (its RL-start value is 0, so there is no relative margin to test within)"
+        return row
     v = st.verdict(r, direction=direction, margin=margin)
     row["verdict"] = v.outcome
     row["verdict_reason"] = v.reason
