@@ -22,7 +22,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import shutil
 import time
