@@ -371,8 +371,8 @@ def _mechanism(arms: list[ArmData], objective: str) -> dict:
     from searchgym.training.diagnostics import summarize_mechanism
 
     steps = [r for a in arms for r in a.steps]
-    try:
-        return dict(summarize_mechanism(steps, objective))
+    try:  # wall times (the diagnostic's own cost) are not a mechanism: run_time holds the run's times
+        return {k: v for k, v in summarize_mechanism(steps, objective).items() if not k.startswith("time_")}
     except (KeyError, ValueError) as exc:
         return {"reason": f"no mechanism diagnostics: {exc}"}
 
