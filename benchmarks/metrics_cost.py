@@ -45,7 +45,9 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="sg-bench-mcost-"))
     try:
-        base = dataclasses.replace(base_config(args.quick, args.steps, str(init), "", str(world)), kl_coef=0.0)
+        # kl_coef 0 (no reference pass); the small preset's batch and group size
+        base = base_config(args.quick, args.steps, str(init), "", str(world), kl_coef=0.0, batch_questions=0,
+                           n_samples=0)
         on = RLTrainer(dataclasses.replace(base, out=str(tmp / "on"), hidden_states=True),
                        hooks=[StepMetricsHook(32)], progress=False)
         off = RLTrainer(dataclasses.replace(base, out=str(tmp / "off"), hidden_states=False), progress=False)
