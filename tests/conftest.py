@@ -23,8 +23,8 @@ def reference(index_dir):
 
 @pytest.fixture(scope="session")
 def smoke_sft_start(tmp_path_factory):
-    """(world dir, SFT model dir): the smoke world with a BM25 index, the tiny model, a
-    24-step SFT on the scripted mixture agent's correct episodes (groups get reward spread).
+    """(world dir, SFT model dir): the smoke world with a BM25 index, the tiny model (its
+    untrained weights in ``<model>/../../base``, beside the SFT run folder), a 24-step SFT on the scripted mixture agent's correct episodes (groups get reward spread).
     Built once per test session for every test that needs a warm start."""
     import json
 

@@ -16,7 +16,6 @@ short SFT, the RolloutEngine with hidden states, 6 questions x 8 samples.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -80,33 +79,17 @@ def teacher_forced(model, trajs, pad_id):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(smoke_sft_start):
     """(untrained model, trained model, tokenizer, model rollouts, scripted-mixture rollouts)."""
-    from searchgym.agents.model import init_model, load_model
+    from searchgym.agents.model import load_model
     from searchgym.agents.policy import run_policy
     from searchgym.agents.rollout import RolloutConfig, RolloutEngine
     from searchgym.agents.scripted import ScriptedPolicy
     from searchgym.envs import make_batch
-    from searchgym.envs.world import ensure_world
-    from searchgym.training.config import sft_preset
-    from searchgym.training.sft import train_sft
 
-    root = tmp_path_factory.mktemp("controls")
-    world = ensure_world("smoke", 0, root=root / "worlds")
-    train = make_batch("searchgym/Mixed-v0", 16, world_dir=str(world), retriever="bm25", split="train")
-    demos = root / "demos.jsonl"
-    with open(demos, "w") as f:
-        for t in run_policy(ScriptedPolicy("mixture"), train, list(range(len(train[0].questions)))):
-            if t.correct:
-                f.write(json.dumps({"prompt": t.prompt, "turns": [{"action": x["action"],
-                                                                      "observation": x.get("observation")}
-                                                                     for x in t.turns]}) + "\n")
-    init_model("smoke", root / "base", world_dir=world)
-    cfg = sft_preset("smoke", model=str(root / "base"), demos=str(demos), out=str(root / "sft"), world=str(world),
-                     retriever="bm25", epochs=10, max_steps=24, eval_questions=2, threads=1,
-                     optim={"lr": 5e-3, "warmup_steps": 3})
-    trained, tok = load_model(train_sft(cfg, progress=False))
-    untrained, _ = load_model(root / "base")
+    world, sft_dir = smoke_sft_start
+    trained, tok = load_model(sft_dir)
+    untrained, _ = load_model(sft_dir.parents[1] / "base")  # the model the SFT started from
     envs = make_batch("searchgym/Mixed-v0", QUESTIONS * SAMPLES, world_dir=str(world), retriever="bm25",
                       split="validation", max_turns=3)
     engine = RolloutEngine(trained.eval(), tok, RolloutConfig(
