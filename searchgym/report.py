@@ -293,8 +293,7 @@ def control_status(ok: list[ArmData], names: list[str]) -> dict[str, dict]:
         # -- null
         nulls = {}
         for w in warm_starts:
-            arms_w = [a for a in starts if a.warm_start == w]
-            e = _effect(_by_seed(arms_w, lambda a: 0, name, "A"), _by_seed(arms_w, lambda a: 0, name, "B"), m)
+            e = _start_effect(starts, w, (name, "A"), (name, "B"), m)
             r = e.pop("_result", None)
             if r is not None and e["estimate"] is not None:
                 lo, hi = (_finite(v) for v in r.interval(NULL_CONFIDENCE))
@@ -310,9 +309,7 @@ def control_status(ok: list[ArmData], names: list[str]) -> dict[str, dict]:
         if m.content:
             unt = {}
             for w in warm_starts:
-                arms_w = [a for a in starts if a.warm_start == w]
-                e = _effect(_by_seed(arms_w, lambda a: 0, f"trained_tf/{name}"),
-                            _by_seed(arms_w, lambda a: 0, f"untrained_tf/{name}"), m)
+                e = _start_effect(starts, w, (f"trained_tf/{name}", "A"), (f"untrained_tf/{name}", "A"), m)
                 e.pop("_result", None)
                 if e["estimate"] is not None:
                     e["passed"] = not (e["ci_low"] <= 0 <= e["ci_high"])
@@ -339,6 +336,13 @@ def control_status(ok: list[ArmData], names: list[str]) -> dict[str, dict]:
         row["usable"] = not row["failed"]
         out[name] = row
     return out
+
+
+def _start_effect(starts: list[ArmData], warm: str, a: tuple[str, str], b: tuple[str, str], m: Metric) -> dict:
+    """Paired difference at the RL start of one warm start's arms: (metric, replica) ``a``
+    minus (metric, replica) ``b``."""
+    arms_w = [x for x in starts if x.warm_start == warm]
+    return _effect(_by_seed(arms_w, lambda x: 0, *a), _by_seed(arms_w, lambda x: 0, *b), m)
 
 
 def _start_arms(ok: list[ArmData]) -> list[ArmData]:
