@@ -140,3 +140,21 @@ def test_new_sft_fields_validate_and_default_off():
     with pytest.raises(ValueError, match="sft.label_smoothing: expected float"):
         sft_preset("smoke", label_smoothing="lots")
     sft_preset("small").validate()
+
+
+def test_sft_loss_packed_gradients_equal_the_padded_forward(smoke_inputs):
+    """sft_loss forwards packed sequences; its gradients equal the padded forward's."""
+    from searchgym.training.sft import sft_loss
+    from searchgym.training.update import forward_logprobs
+
+    model, b = _batch(smoke_inputs)
+    assert len(set(b.attention_mask.sum(1).tolist())) > 1  # rows of different lengths: real padding
+    sft_loss(model, b.input_ids, b.attention_mask, b.response_mask).backward()
+    packed = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    logp, _, _ = forward_logprobs(model, b.input_ids, b.attention_mask, with_entropy=False, positions=b.response_mask)
+    (-(logp * b.response_mask).sum() / b.response_mask.sum()).backward()
+    assert packed.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(packed[n], p.grad, atol=1e-5, rtol=1e-4), n
