@@ -17,6 +17,7 @@ _EXPORTS = {
     "build_matched": "demos", "load_demos": "demos", "demo_tokens": "demos", "summarize_pair": "demos",
     "EpisodeTokens": "episode", "tokenize_episode": "episode", "encode_prompt": "episode",
     "encode_text": "episode", "segment_labels": "episode",
+    "EpisodeRecord": "record", "SCHEMA_VERSION": "record",
     "init_model": "model", "load_model": "model", "build_model": "model", "build_tokenizer": "model",
     "PRESETS": "model", "TAGS": "model",
 }

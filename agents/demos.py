@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from searchgym.agents.episode import EpisodeTokens, tokenize_episode
+from searchgym.agents.record import EpisodeRecord
 from searchgym.agents.rollout import Trajectory
 
 KINDS = ("narrow", "diverse")
@@ -33,22 +34,14 @@ def count_tokens(text: str, tokenizer=None) -> int:
 
 
 def demo_record(traj: Trajectory, kind: str, tokenizer=None, world: str | None = None) -> dict:
-    """One demonstration line (see docs/contracts.md, agents); ``world`` is the
-    :func:`~searchgym.envs.world.world_fingerprint` of the world it was played in."""
-    turns = [{"action": t["action"], "observation": t["observation"]} for t in traj.turns]
-    policy_text = "".join(t["action"] for t in turns)
-    full = traj.transcript
-    return {
-        "question_id": traj.question_id, "group": traj.group_id, "kind": kind,
-        "strategy": traj.meta.get("scripted_strategy"), "env_strategy": traj.strategy,
-        "signature": traj.signature, "correct": traj.correct, "reward": traj.reward,
-        "family": traj.family, "split": traj.split, "prompt": traj.prompt, "turns": turns,
-        "queries": traj.queries, "answer": traj.answer, "golden_answers": traj.golden_answers,
-        "valid_strategies": traj.valid_strategies,
-        "num_policy_tokens": count_tokens(policy_text, tokenizer),
-        "num_tokens": count_tokens(full, tokenizer),
-        "world": world,
-    }
+    """One demonstration line: the :class:`~searchgym.agents.record.EpisodeRecord` JSON
+    with ``kind``, ``world`` (the :func:`~searchgym.envs.world.world_fingerprint` of the
+    world it was played in) and token counts by ``tokenizer`` (else words/punctuation/tags);
+    the scripted strategy run is ``meta.scripted_strategy``."""
+    rec = EpisodeRecord.from_trajectory(traj, kind=kind, world=world)
+    rec.num_policy_tokens = count_tokens("".join(t["action"] for t in traj.turns), tokenizer)
+    rec.num_tokens = count_tokens(rec.transcript, tokenizer)
+    return rec.to_json(include_tokens=False)
 
 
 def demo_tokens(tokenizer, record: dict) -> EpisodeTokens:
@@ -199,26 +192,27 @@ def _balance(pool: list[tuple[dict, dict]], n: int, tol: float = 0.05) -> list[t
     return chosen
 
 
-def set_summary(records: Sequence[dict], support: int | None = None) -> dict:
+def set_summary(records: Sequence[dict | EpisodeRecord], support: int | None = None) -> dict:
     """Count, success rate, token counts, strategy distribution and normalised signature
     entropy (overall, over ``support`` possible signatures, and mean within family)."""
     from searchgym.metrics.diversity import normalized_entropy
 
-    n = len(records)
-    sigs = [r["signature"] for r in records]
+    recs = [r if isinstance(r, EpisodeRecord) else EpisodeRecord.from_json(r) for r in records]
+    n = len(recs)
+    sigs = [r.signature for r in recs]
     fam: dict[str, list] = {}
-    for r in records:
-        fam.setdefault(r["family"], []).append(r["signature"])
+    for r in recs:
+        fam.setdefault(r.family, []).append(r.signature)
     within = [normalized_entropy(v) for v in fam.values() if len(v) > 1]
     return {
         "episodes": n,
-        "questions": len({r["question_id"] for r in records}),
-        "success_rate": sum(bool(r["correct"]) for r in records) / max(1, n),
-        "policy_tokens": sum(r["num_policy_tokens"] for r in records),
-        "tokens": sum(r["num_tokens"] for r in records),
-        "searches_per_episode": sum(len(r["queries"]) for r in records) / max(1, n),
-        "strategies": dict(Counter(r["strategy"] for r in records).most_common()),
-        "env_strategies": dict(Counter(r["env_strategy"] for r in records).most_common()),
+        "questions": len({r.question_id for r in recs}),
+        "success_rate": sum(bool(r.correct) for r in recs) / max(1, n),
+        "policy_tokens": sum(r.num_policy_tokens for r in recs),
+        "tokens": sum(r.num_tokens or 0 for r in recs),
+        "searches_per_episode": sum(len(r.queries) for r in recs) / max(1, n),
+        "strategies": dict(Counter(r.meta.get("scripted_strategy") for r in recs).most_common()),
+        "env_strategies": dict(Counter(r.strategy for r in recs).most_common()),
         "distinct_signatures": len(set(sigs)),
         "signature_entropy_norm": normalized_entropy(sigs, support) if n else math.nan,
         "signature_entropy_norm_within_family": sum(within) / len(within) if within else 0.0,

@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from searchgym.agents.episode import encode_prompt, encode_text, segment_labels, tag_ids
+from searchgym.agents.record import EpisodeRecord
 
 
 @dataclass
@@ -201,50 +202,8 @@ class Trajectory:
         return "".join(parts)
 
     def to_record(self, include_tokens: bool = True) -> dict:
-        """The eval JSONL record (field names of the metrics contract)."""
-        rec = {
-            "question_id": self.question_id,
-            "group": self.group_id,
-            "sample_index": self.sample_index,
-            "policy": self.policy,
-            "family": self.family,
-            "split": self.split,
-            "reward": float(self.reward),
-            "correct": self.correct,
-            "answer": self.answer,
-            "golden_answers": self.golden_answers,
-            "signature": self.signature,
-            "strategy": self.strategy,
-            "valid_strategies": self.valid_strategies,
-            "queries": self.queries,
-            "doc_ids": self.doc_ids,
-            "actions": [t["action"] for t in self.turns],
-            "turns": self.turns,
-            "num_turns": len(self.turns),
-            "num_searches": self.num_searches,
-            "format_errors": self.format_errors,
-            "terminated": self.terminated,
-            "truncated": self.truncated,
-            "budget_exhausted": self.budget_exhausted,
-            "num_prompt_tokens": len(self.prompt_ids),
-            "num_policy_tokens": self.num_policy_tokens,
-            "num_obs_tokens": self.num_obs_tokens,
-            "transcript": self.transcript,
-        }
-        if self.meta:
-            rec["meta"] = dict(self.meta)
-        if self.layer_states is not None and self.step_ids is not None:
-            rec.update(self.step_record())
-        if include_tokens and self.response_ids:
-            rec.update(
-                prompt_ids=self.prompt_ids,
-                response_ids=self.response_ids,
-                loss_mask=self.loss_mask,
-                logprobs=[round(float(x), 6) for x in self.logprobs],
-                entropies=[round(float(x), 6) for x in self.entropies],
-                segments=self.segments,
-            )
-        return rec
+        """The eval JSONL line: :class:`~searchgym.agents.record.EpisodeRecord` JSON."""
+        return EpisodeRecord.from_trajectory(self).to_json(include_tokens)
 
     def step_record(self) -> dict:
         """The reasoning-graph fields of the eval record: ``hidden_layer``, ``step_vectors``

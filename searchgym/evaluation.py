@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from searchgym.agents.record import EpisodeRecord
 from searchgym.metrics.controls import collapse_control
 from searchgym.metrics.graph import query_graph_metrics, reasoning_graph_metrics, step_vectors_from_tokens
 from searchgym.metrics.summary import summarize_rollouts
@@ -55,24 +56,9 @@ def trajectory_records(trajs, hidden: Sequence[np.ndarray] | None = None) -> lis
     ``hidden`` replaces the trajectories' own hidden states (one [policy tokens, d] array
     per trajectory), e.g. those of another model on the same token sequences.
     """
-    recs = []
-    for i, t in enumerate(trajs):
-        policy_ids = [int(tok) for tok, m in zip(t.response_ids, t.loss_mask) if m]
-        rec = {
-            "question_id": t.question_id, "group": t.group_id, "sample_index": t.sample_index,
-            "reward": float(t.reward), "correct": t.correct, "answer": t.answer,
-            "golden_answers": t.golden_answers, "signature": t.signature, "strategy": t.strategy,
-            "valid_strategies": t.valid_strategies, "queries": t.queries, "format_errors": t.format_errors,
-            "num_searches": t.num_searches, "entropies": list(t.entropies), "loss_mask": list(t.loss_mask),
-            "text": t.transcript, "policy_token_ids": policy_ids,
-        }
-        if t.segments:
-            rec["segments"] = list(t.segments)
-        h = hidden[i] if hidden is not None else t.hidden_states
-        if h is not None and len(h):
-            rec["hidden_states"] = h  # [num_policy_tokens, d]
-        recs.append(rec)
-    return recs
+    return [EpisodeRecord.from_trajectory(t, hidden_states=None if hidden is None else hidden[i],
+                                          with_steps=False).metric_fields()
+            for i, t in enumerate(trajs)]
 
 
 def teacher_forced_hidden_states(model, trajs, pad_id: int, batch_size: int = 32) -> list[np.ndarray]:
