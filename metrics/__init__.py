@@ -16,7 +16,7 @@ _EXPORTS = {
     ], 'diversity'),
     **dict.fromkeys([
         'SEGMENTS', 'batch_token_entropy_stats', 'entropy_from_logits',
-        'token_entropy_stats'
+        'token_entropy_stats', 'top_entropy_mask', 'top_entropy_threshold'
     ], 'entropy'),
     **dict.fromkeys([
         'mean_pass_at_k', 'pass_at_k'

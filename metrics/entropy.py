@@ -8,7 +8,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["SEGMENTS", "entropy_from_logits", "token_entropy_stats", "batch_token_entropy_stats"]
+__all__ = ["SEGMENTS", "entropy_from_logits", "top_entropy_threshold", "top_entropy_mask", "token_entropy_stats",
+           "batch_token_entropy_stats"]
 
 # Segment labels a per-token ``segments`` list may use; integer codes index this tuple.
 SEGMENTS = ("think", "query", "answer", "other")
@@ -27,6 +28,45 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
         z = z / temperature
     p = torch.softmax(z, dim=-1)
     return torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1)
+
+
+#: torch.quantile refuses inputs above this many elements; kthvalue gives the order statistic.
+_QUANTILE_MAX = 2**24
+
+
+def top_entropy_threshold(values, rho: float):
+    """The top-rho rule's threshold: the (1 - ``rho``) quantile of ``values`` (linear
+    interpolation, numpy's and torch's default), so the tokens with entropy >= it are the
+    ``rho`` highest-entropy share, ties at the threshold kept (TRL's ``get_high_entropy_mask``;
+    the forking tokens of arXiv 2506.01939). ``values``: a 1-d numpy array (returns a float)
+    or a non-empty torch tensor (returns a 0-d tensor; above 2**24 elements, where
+    ``torch.quantile`` refuses, the k-th smallest with k = max(1, int((1 - rho) n))).
+    This is the one top-rho rule: the forking-token loss mask (trainer and verl plugin) and
+    the ``entropy_top`` metric all use it."""
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"rho must be in (0, 1], got {rho}")
+    if isinstance(values, torch.Tensor):
+        if values.numel() <= _QUANTILE_MAX:
+            return torch.quantile(values, 1.0 - rho)
+        return values.kthvalue(max(1, int((1.0 - rho) * values.numel()))).values
+    return float(np.quantile(values, 1.0 - rho))
+
+
+def top_entropy_mask(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float,
+                     threshold_values: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool mask (shaped like ``response_mask``) of the policy tokens (``response_mask`` != 0)
+    whose entropy is >= :func:`top_entropy_threshold` of the policy tokens' entropies.
+
+    ``threshold_values``: the entropies the threshold is taken over when not just these
+    (e.g. gathered across data-parallel ranks); default the valid entries of ``entropy``.
+    No valid token (or an empty ``threshold_values``): all False. ``rho`` = 1 keeps every
+    policy token. Entropy is compared in float32, detached."""
+    valid = response_mask.bool()
+    ent = entropy.detach().float()
+    values = ent[valid] if threshold_values is None else threshold_values.detach().float()
+    if values.numel() == 0:
+        return torch.zeros_like(valid)
+    return valid & (ent >= top_entropy_threshold(values, rho))
 
 
 def _flat(x, name: str) -> np.ndarray:
@@ -85,7 +125,7 @@ def token_entropy_stats(
     if hp.size == 0:
         out.update(entropy=np.nan, entropy_top=np.nan, entropy_top_threshold=np.nan)
     else:
-        tau = float(np.quantile(hp, 1.0 - top_frac))
+        tau = top_entropy_threshold(hp, top_frac)
         out["entropy"] = float(hp.mean())
         out["entropy_top"] = float(hp[hp >= tau].mean())
         out["entropy_top_threshold"] = tau
