@@ -1,8 +1,18 @@
 """searchgym.envs: Gymnasium search environments, the synthetic world, the task registry
 and strategy signatures. Importing this package registers the ``searchgym/...`` ids."""
 
-from searchgym.envs.env import EnvConfig, SearchEnv, UnicodeText, format_docs, step_batch
-from searchgym.envs.parser import Action, parse_action
+from searchgym.envs.env import EnvConfig, ResetInfo, SearchEnv, StepInfo, UnicodeText, step_batch
+from searchgym.envs.protocol import (
+    CORRECTIVE,
+    EXTERNAL_PROMPT,
+    PROMPT,
+    STOP_TAGS,
+    TAGS,
+    Action,
+    format_docs,
+    parse_action,
+    tagged,
+)
 from searchgym.envs.registry import TASKS, list_envs, load_qa, make, make_batch, register_task
 from searchgym.envs.reward import em_score, f1_score, normalize_answer
 from searchgym.envs.signature import match_strategy, search_role, trajectory_signature
@@ -32,7 +42,8 @@ from searchgym.envs.world import (
 )
 
 __all__ = [
-    "Action", "EnvConfig", "FAMILIES", "GENERATOR_VERSION", "OracleResult", "Question", "ROLES", "SPLITS",
+    "Action", "CORRECTIVE", "EXTERNAL_PROMPT", "PROMPT", "ResetInfo", "STOP_TAGS", "StepInfo", "TAGS", "tagged",
+    "EnvConfig", "FAMILIES", "GENERATOR_VERSION", "OracleResult", "Question", "ROLES", "SPLITS",
     "SearchEnv", "Step", "Strategy", "TASKS", "UnicodeText", "World", "WorldConfig", "em_score",
     "ensure_index", "ensure_world", "entity_of_doc", "f1_score", "format_docs", "format_table",
     "generate_world", "list_envs", "load_qa", "load_questions", "load_world", "make", "make_batch",

@@ -47,6 +47,7 @@ from typing import Any
 import gymnasium as gym
 
 from searchgym.envs.env import EnvConfig, SearchEnv
+from searchgym.envs.protocol import EXTERNAL_PROMPT
 from searchgym.envs.tasks import SPLITS, Question, TaskFormatError, prompt_text, read_questions
 
 NAMESPACE = "searchgym"
@@ -62,15 +63,6 @@ PROMPTS = ("dataset", "searchgym")
 #: EnvConfig defaults of external tasks: whole passages (Search-R1 returns them whole), each
 #: bounded at 2000 characters, and room for topk 3 of them in one observation.
 EXTERNAL_ENV_DEFAULTS = {"doc_chars": 2000, "max_obs_chars": 8192}
-#: Prompt of external questions whose rows carry none (no example answer from the synthetic world).
-EXTERNAL_PROMPT = (
-    "Answer the given question. You must conduct reasoning inside <think> and </think> first every time you "
-    "get new information. After reasoning, if you find you lack some knowledge, you can call a search engine "
-    "by <search> query </search> and it will return the top searched results between <information> and "
-    "</information>. You can search as many times as you want. If you find no further external knowledge "
-    "needed, you can directly provide the answer inside <answer> and </answer>, without detailed "
-    "illustrations. Question: {question}\n"
-)
 _RECORD_KEYS = {"name", "qa", "corpus", "index", "retriever", "encoder", "query_prefix", "passage_prefix",
                 "prompt", "env", "data_sources", "description"}
 

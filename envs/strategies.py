@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from searchgym.envs.env import SearchEnv, step_batch
+from searchgym.envs.protocol import tagged
 from searchgym.envs.tasks import Question, Strategy
 
 GIVEN_ROLES = ("subject", "a", "b")  # roles named in the question text itself
@@ -127,8 +129,6 @@ def run_oracle_batch(env, jobs: Sequence[tuple[int, str]], batch_size: int = 256
     a round costs one retriever call. Jobs run on fresh envs sharing ``env``'s questions,
     retriever and config (the results equal :func:`run_oracle` one by one).
     """
-    from searchgym.envs.env import SearchEnv, step_batch
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     base = env.unwrapped
@@ -148,7 +148,7 @@ def run_oracle_batch(env, jobs: Sequence[tuple[int, str]], batch_size: int = 256
                 kind, text = _next_action(envs[j].question, strats[j], obs[j], len(queries[j]))
                 if kind == "search":
                     queries[j].append(text)
-                acts.append(f"<{kind}> {text} </{kind}>")
+                acts.append(tagged(kind, f" {text} "))
             results = step_batch([envs[j] for j in active], acts)
             still = []
             for j, (o, _, term, trunc, info) in zip(active, results):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from searchgym.envs.parser import parse_action
+from searchgym.envs.protocol import parse_action
 from searchgym.envs.reward import em_score, f1_score, normalize_answer
 
 CASES = [
