@@ -40,7 +40,7 @@ def differing_mean(recs: list[dict], use: list[int], fn) -> float:
 
 def main() -> None:
     args, world, init = rl_bench_setup(__doc__.splitlines()[0], default_steps=5)
-    from searchgym.experiment import StepMetricsHook
+    from searchgym.arms import StepMetricsHook
     from searchgym.training.rl import RLTrainer
 
     tmp = Path(tempfile.mkdtemp(prefix="sg-bench-mcost-"))

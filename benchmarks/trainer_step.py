@@ -155,7 +155,7 @@ def main() -> None:
         args.kl_coef = 0.001 if args.quick else 0.0
     import torch
 
-    from searchgym.experiment import StepMetricsHook
+    from searchgym.arms import StepMetricsHook
     from searchgym.training.rl import RLTrainer
 
     tmp = Path(tempfile.mkdtemp(prefix="sg-bench-step-"))

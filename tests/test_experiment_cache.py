@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from searchgym.experiment import ArmSpec, ArmTask, StageCache, run_arms, stage_key
+from searchgym.arms import ArmSpec
+from searchgym.cache import StageCache, stage_key
+from searchgym.pool import ArmTask, run_arms
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def test_failing_arm_is_not_fatal(tmp_path, workers):
 
 
 def test_code_fingerprint_follows_code_not_comments(tmp_path):
-    from searchgym.experiment import _code_of, _searchgym_imports, code_fingerprint
+    from searchgym.cache import _code_of, _searchgym_imports, code_fingerprint
 
     src = '"""Doc."""\nimport os\n\n\ndef f(x):\n    """Doc of f."""\n    # why\n    return x + 1\n'
     a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
@@ -117,3 +119,28 @@ def test_code_fingerprint_follows_code_not_comments(tmp_path):
     assert {"searchgym.metrics.rank", "searchgym.training.sft"} <= found and "numpy" not in found
     # a stage's fingerprint covers what its root imports: SFT code is in the SFT stage's, not the world's
     assert code_fingerprint("searchgym.training.sft") != code_fingerprint("searchgym.envs.world")
+
+
+def test_a_function_root_covers_that_stage_function_only(tmp_path, monkeypatch):
+    """A "module:function" root fingerprints that function's code, not its neighbours'
+    (the world, model and demos stage wrappers share searchgym/experiment.py)."""
+    from searchgym.cache import code_fingerprint
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = tmp_path / "fp_probe_stages.py"
+    src = 'def world(x):\n    """Doc."""\n    return x + 1\n\n\ndef demos(x):\n    return x * 2\n'
+
+    def fingerprints(text: str) -> tuple[str, str]:
+        mod.write_text(text)
+        code_fingerprint.cache_clear()
+        return code_fingerprint("fp_probe_stages:world"), code_fingerprint("fp_probe_stages:demos")
+
+    world, demos = fingerprints(src)
+    assert world != demos
+    edited = fingerprints(src.replace("x * 2", "x * 3"))
+    assert edited[0] == world and edited[1] != demos  # editing demos leaves world's fingerprint
+    assert fingerprints(src.replace("Doc.", "Another doc."))[0] == world  # a docstring is not code
+    assert fingerprints(src.replace("x + 1", "x - 1"))[0] != world
+    with pytest.raises(ValueError, match="no function 'sft'"):
+        code_fingerprint("fp_probe_stages:sft")
+    code_fingerprint.cache_clear()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from searchgym.experiment import RunFolderBusy, remove_stale_temps, run_lock
+from searchgym.run_folder import RunFolderBusy, remove_stale_temps, run_lock
 
 REPO = Path(__file__).resolve().parents[1]
 POLL_S = 0.005
@@ -320,7 +320,9 @@ def test_kill_in_every_stage_then_resume_equals_uninterrupted(tmp_path):
 _WORLD_ONLY = """
 import sys
 from pathlib import Path
-from searchgym.experiment import StageCache, _world_stage, remove_stale_temps, run_lock
+from searchgym.cache import StageCache
+from searchgym.experiment import _world_stage
+from searchgym.run_folder import remove_stale_temps, run_lock
 from searchgym.presets import get_preset
 
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
@@ -426,7 +428,8 @@ def test_finished_arms_are_read_without_starting_workers(tmp_path, monkeypatch):
     not pay for spawning a worker pool; a single unfinished arm runs in-process."""
     import concurrent.futures
 
-    from searchgym.experiment import ArmSpec, ArmTask, run_arms
+    from searchgym.arms import ArmSpec
+    from searchgym.pool import ArmTask, run_arms
 
     specs = [ArmSpec("diverse", "grpo", 0), ArmSpec("diverse", "clip_cov", 0)]
     tasks = [ArmTask(s, str(tmp_path), {"steps": 1}, {}, _tiny_arm) for s in specs]

@@ -88,7 +88,8 @@ def test_sweep_smoke_end_to_end_shares_the_main_jobs_stage_cache(tmp_path):
     """Smoke preset, 1 epoch, both warm starts: per-epoch results, checkpoints, the
     experiment's stage keys (a later `searchgym run` into the folder reuses them), and a
     rerun skips finished runs."""
-    from searchgym.experiment import _CODE, code_fingerprint, stage_key
+    from searchgym.cache import code_fingerprint, stage_key
+    from searchgym.experiment import _CODE
     from searchgym.presets import get_preset
     from searchgym.sweeps import main
 
