@@ -12,7 +12,7 @@ which makes the step-time difference the metrics' cost alone.
 Reported: mean step time of each; the metrics' share of the ON step = (ON - OFF) time in
 the phases whose work differs (the old-log-prob pass, which gathers hidden states or not,
 and the post-update part, which runs the hook or not), per step, median over steps; the
-hook's own timer (``metrics_time_s``) as a share of the ON step; and the whole-step
+hooks' time (``time/metrics_s``, the trainer times them) as a share of the ON step; and the whole-step
 difference, which on a loaded machine is dominated by noise in the identical rollout and
 update phases.
 
@@ -69,14 +69,14 @@ def main() -> None:
         states gathered or not) and everything after the update (the hook). Rollout and
         update do identical work in both runs and dominate the step, so leaving them out of
         the difference keeps load noise out of it."""
-        return r["time_old_logprob_s"] + (r["time_step_s"] - r["time_rollout_s"] - r["time_old_logprob_s"]
-                                          - r["time_update_s"])
+        return r["time/old_logprob_s"] + (r["time/step_s"] - r["time/rollout_s"] - r["time/old_logprob_s"]
+                                          - r["time/update_s"])
 
     on_r, off_r = recs["on"], recs["off"]
-    t_on = float(np.mean([on_r[i]["time_step_s"] for i in use]))
-    t_off = float(np.mean([off_r[i]["time_step_s"] for i in use]))
-    hook = float(np.mean([on_r[i]["metrics_time_s"] for i in use]))
-    paired = [(differing(on_r[i]) - differing(off_r[i])) / on_r[i]["time_step_s"] for i in use]
+    t_on = float(np.mean([on_r[i]["time/step_s"] for i in use]))
+    t_off = float(np.mean([off_r[i]["time/step_s"] for i in use]))
+    hook = float(np.mean([on_r[i]["time/metrics_s"] for i in use]))
+    paired = [(differing(on_r[i]) - differing(off_r[i])) / on_r[i]["time/step_s"] for i in use]
     share = float(np.median(paired))
     rows = [["metrics OFF", t_off, differing_mean(off_r, use, differing), "", "", ""],
             ["metrics ON", t_on, differing_mean(on_r, use, differing), 100 * share, 100 * hook / t_on,

@@ -205,9 +205,9 @@ def main() -> None:
         t = row["fwd"][clock]
         out = {"rollout": t["rollout"], "old_logprob": t["policy"], "reference": t["reference"],
                "update": t["update"]}
-        step = row["rec"]["time_step_s"] if clock == 0 else row["cpu"]
+        step = row["rec"]["time/step_s"] if clock == 0 else row["cpu"]
         if clock == 0:
-            out["advantages"] = row["rec"]["time_old_logprob_s"] - t["policy"] - t["reference"]
+            out["advantages"] = row["rec"]["time/old_logprob_s"] - t["policy"] - t["reference"]
         else:
             out["advantages"] = 0.0  # inside "metrics" below (CPU: not split by the trainer's fields)
         out["metrics"] = step - sum(out.values())

@@ -42,9 +42,9 @@ class StepMetricsHook:
     metrics of the step's rollouts (group ER over mean-pooled responses, matched-strategy
     entropy and unmatched rate, the within-response window ER; needs
     ``RLConfig.hidden_states=True`` for the ER numbers), under their
-    ``searchgym.metrics.summarize_rollouts`` names. The returned dict carries
-    ``metrics_time_s``, the hook's own cost, so the report can show it as a share of step
-    time."""
+    ``searchgym.metrics.summarize_rollouts`` names (the trainer writes them as
+    ``train/<name>``, and the hooks' cost as ``time/metrics_s``, which the report shows as a
+    share of step time)."""
 
     KEYS = ("group_er", "group_er_resid", "aligned_er", "er_within_window", "strategy_entropy",
             "strategy_entropy_plugin", "distinct_strategies", "strategy_coverage", "unmatched_rate",
@@ -57,12 +57,9 @@ class StepMetricsHook:
         from searchgym.evaluation import trajectory_records
         from searchgym.metrics.summary import summarize_rollouts
 
-        t0 = time.perf_counter()
         s = summarize_rollouts(trajectory_records(trajs), k=(1,), er_window=self.er_window, erv=False,
                                full_er=False)
-        out = {k: float(s[k]) for k in self.KEYS if isinstance(s.get(k), (int, float))}
-        out["metrics_time_s"] = time.perf_counter() - t0
-        return out
+        return {k: float(s[k]) for k in self.KEYS if isinstance(s.get(k), (int, float))}
 
 
 class FixedEvaluation:
@@ -185,18 +182,18 @@ def rl_arm_stage(spec: ArmSpec, config: dict, out: Path, inputs: dict[str, Path]
     side = scratch / "evals.jsonl"  # survives an interruption; deduplicated by step below
     seed_a = eval_seeds(spec.seed)[0]
 
-    class _Trainer(RLTrainer):
-        def validate(self) -> dict:  # the trainer's eval slot runs the fixed evaluation
-            if self.step == 0:
-                return {}  # the RL start is the shared start stage's evaluation
-            res = fixed(self.model, self.tokenizer, seed_a, untrained_control=self.step >= cfg.steps)
-            append_jsonl(side, {"record": _strict(res.record(self.step, "A")),
-                                "questions": _strict(res.question_records(self.step, "A"))})
-            return {"eval_time_s": res.time_s}
+    def evaluation(model, tokenizer, step: int) -> dict:
+        """The trainer's evaluation: the fixed evaluation, recorded in ``side`` (not in metrics.jsonl)."""
+        if step == 0:
+            return {}  # the RL start is the shared start stage's evaluation
+        res = fixed(model, tokenizer, seed_a, untrained_control=step >= cfg.steps)
+        append_jsonl(side, {"record": _strict(res.record(step, "A")),
+                            "questions": _strict(res.question_records(step, "A"))})
+        return {}
 
     t0 = time.perf_counter()
-    model_dir = _Trainer(cfg, hooks=[StepMetricsHook(ev.er_window)], progress=config.get("progress", True)).run(
-        resume=resume)
+    model_dir = RLTrainer(cfg, hooks=[StepMetricsHook(ev.er_window)], evaluation=evaluation,
+                          progress=config.get("progress", True)).run(resume=resume)
     evals = {}
     for rec in _read_jsonl_lenient(side):
         if rec["record"]["step"] <= cfg.steps:

@@ -38,6 +38,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from searchgym.metrics import names
 from searchgym.metrics import stats as st
 from searchgym.retrieval.fileio import atomic_path, atomic_write_json, atomic_write_text, read_jsonl
 
@@ -181,6 +182,8 @@ def load_arms(run_dir: str | Path) -> list[ArmData]:
             path = d / name
             if path.exists():
                 recs = read_jsonl(path)
+                if attr == "steps":  # old (un-namespaced) and new metrics.jsonl read the same
+                    recs = [names.normalize_record(r, names.STEP_RECORD) for r in recs]
                 for i, r in enumerate(recs):
                     if "step" not in r:
                         raise ValueError(f"{path}:{i + 1}: record has no 'step'")
@@ -447,7 +450,7 @@ def collapse_criterion(members: list[ArmData]) -> dict:
     difference, because the criterion is stated as one; entropy starts well above 0."""
     train, ev = {}, {}
     for a in members:
-        v = [x for x in (_finite(r.get("entropy_mean")) for r in a.steps) if x is not None]
+        v = [x for x in (_finite(r.get(names.TRAIN_ENTROPY)) for r in a.steps) if x is not None]
         if len(v) >= 2:
             w = max(1, len(v) // 10)
             first = float(np.mean(v[:w]))
@@ -480,8 +483,8 @@ def run_time(stage_times: Mapping[str, dict]) -> dict:
 
 
 def _metrics_share(members: list[ArmData]) -> float | None:
-    stp = sum(_finite(r.get("time_step_s")) or 0.0 for a in members for r in a.steps)
-    mt = sum(_finite(r.get("metrics_time_s")) or 0.0 for a in members for r in a.steps)
+    stp = sum(_finite(r.get(names.TIME_STEP)) or 0.0 for a in members for r in a.steps)
+    mt = sum(_finite(r.get(names.TIME_METRICS)) or 0.0 for a in members for r in a.steps)
     return mt / stp if stp > 0 else None
 
 
@@ -810,7 +813,7 @@ def make_figures(arms: list[ArmData], analysis: dict, out_dir: str | Path) -> di
     # 1: training token entropy per step (mean over seeds)
     fig, ax = plt.subplots(figsize=(6.8, 4.2))
     for g in order:
-        per = [{int(r["step"]): _finite(r.get("entropy_mean")) for r in a.steps} for a in groups[g]]
+        per = [{int(r["step"]): _finite(r.get(names.TRAIN_ENTROPY)) for r in a.steps} for a in groups[g]]
         common = sorted(set.intersection(*(set(p) for p in per))) if per else []
         ys = [np.mean([p[s] for p in per if p[s] is not None] or [np.nan]) for s in common]
         if common:

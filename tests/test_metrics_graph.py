@@ -461,7 +461,7 @@ def test_cost_is_under_5_percent_of_an_rl_step(smoke, tmp_path):
     cfg = rl_preset("smoke", init=str(init), out=str(tmp_path / "rl"), world=str(world), retriever="bm25",
                     batch_questions=8, n_samples=8, threads=1, tensorboard=False, steps=3)
     trainer = RLTrainer(cfg, progress=False)
-    step_s = min(trainer.step_once()["time_step_s"] for _ in range(2))  # the first step warms up
+    step_s = min(trainer.step_once()["time/step_s"] for _ in range(2))  # the first step warms up
 
     # The step's batch with layer states (the engine with hidden_layer on, same settings).
     eng = RolloutEngine(trainer.model, trainer.tokenizer, RolloutConfig(

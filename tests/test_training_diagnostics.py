@@ -172,7 +172,7 @@ def test_clip_fractions_low_high_on_known_ratios(name, low, high, dual, differs)
         assert m["pg_clipfrac"] == pytest.approx((low + high) / 8)
         assert m["pg_clipfrac_lower"] == pytest.approx(dual / 8)
     if name == "clip_cov":  # verl's clip_cov "pg_clipfrac" is its selected share, not a clip fraction
-        assert m["pg_clipfrac"] == 0.0 == m["cov_selected_frac"]
+        assert m["pg_clipfrac"] == 0.0 == m["mech/cov_selected_frac"]
     # "binds" means the token's gradient is cut: exactly the clipped tokens get zero gradient
     out.loss.backward()
     g = logp.grad[0, :8]
@@ -202,13 +202,13 @@ def test_er_shaped_logs_bonus_share_and_length_correlation():
     hidden = [torch.randn(n, 32, generator=g) for n in lengths]
     obj = make_objective("er_shaped", {"diff_stride": 2})
     shaped, m = obj.shape_advantages(adv, mask, hidden)
-    assert m["er_aux_len_corr"] > 0.5, m
-    assert -1 <= m["er_bonus_len_corr"] <= 1
+    assert m["mech/er_aux_len_corr"] > 0.5, m
+    assert -1 <= m["mech/er_bonus_len_corr"] <= 1
     valid = mask > 0
     bonus = (shaped - adv)[valid]
-    assert m["er_bonus_token_frac"] == pytest.approx(float((bonus > 0).float().mean()))
-    assert m["er_bonus_rel"] == pytest.approx(float(bonus.sum() / adv.abs()[valid].sum()), rel=1e-6)
-    assert 0 < m["er_bonus_rel"] <= 0.5  # the bonus is clipped to |A| / kappa, kappa = 2
+    assert m["mech/er_bonus_token_frac"] == pytest.approx(float((bonus > 0).float().mean()))
+    assert m["mech/er_bonus_rel"] == pytest.approx(float(bonus.sum() / adv.abs()[valid].sum()), rel=1e-6)
+    assert 0 < m["mech/er_bonus_rel"] <= 0.5  # the bonus is clipped to |A| / kappa, kappa = 2
     assert pearson_or_none([1, 2, 3], [2, 2, 2]) is None and pearson_or_none([1, 2], [1, 2]) is None
     assert pearson_or_none([1, 2, 3, 4], [2, 4, 6, 8]) == pytest.approx(1.0)
 
@@ -292,15 +292,15 @@ def test_diagnostics_do_not_change_training(smoke_sft, tmp_path, objective):
         runs[every] = (trainer.model.state_dict(), recs)
     (w_on, recs_on), (w_off, recs_off) = runs[1], runs[0]
     assert all(torch.equal(w_on[k], w_off[k]) for k in w_off)
-    assert any(r["reward_std"] > 0 for r in recs_off)  # the updates did something
+    assert any(r["train/reward_std"] > 0 for r in recs_off)  # the updates did something
     for on, off in zip(recs_on, recs_off):
-        assert 0.0 < on["mech/grad_cos_grpo"] <= 1.0 + 1e-9 and on["time_grad_diag_s"] > 0
+        assert 0.0 < on["mech/grad_cos_grpo"] <= 1.0 + 1e-9 and on["time/grad_diag_s"] > 0
         assert "mech/grad_cos_grpo" not in off
         for k, v in off.items():
-            if not k.startswith("time_"):
+            if not k.startswith("time/"):
                 assert on[k] == v or (isinstance(v, float) and math.isnan(v) and math.isnan(on[k])), k
         for k in ("mech/clip_frac_low", "mech/clip_frac_high", "mech/entropy_below_1e-6_frac",
                   "mech/entropy_below_1e-3_frac", "mech/clip_differs_from_grpo_frac"):
             assert 0.0 <= off[k] <= 1.0, k
     if objective == "er_shaped":
-        assert "er_bonus_rel" in recs_off[0] and "er_aux_len_corr" in recs_off[0]
+        assert "mech/er_bonus_rel" in recs_off[0] and "mech/er_aux_len_corr" in recs_off[0]

@@ -14,8 +14,9 @@ torch.set_num_threads(1)
 from verl.trainer.ppo import core_algos  # noqa: E402
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage  # noqa: E402
 
+from searchgym.metrics.entropy import top_entropy_mask  # noqa: E402
 from searchgym.training.objectives import (  # noqa: E402
-    OBJECTIVES, Objective, ObjectiveConfig, effective_rank_stats, forking_token_mask, make_objective,
+    OBJECTIVES, Objective, ObjectiveConfig, effective_rank_stats, make_objective,
     register_objective,
 )
 from searchgym.training.update import (  # noqa: E402
@@ -182,7 +183,7 @@ def test_forking_tokens_zeroes_gradient_on_low_entropy_tokens():
     logp.retain_grad()
     out = obj.compute_loss(b.old_log_probs, logp, b.advantages, b.response_mask, ent)
     out.loss.backward()
-    sel = forking_token_mask(ent, b.response_mask, 0.2) > 0
+    sel = top_entropy_mask(ent, b.response_mask, 0.2)
     valid = b.response_mask > 0
     n_valid = int(valid.sum())
     assert 0 < int(sel.sum()) <= int(0.2 * n_valid) + 2
@@ -191,7 +192,7 @@ def test_forking_tokens_zeroes_gradient_on_low_entropy_tokens():
     assert bool(nz.any()) and torch.all(logp.grad[nz] != 0)
     # normaliser counts ALL policy tokens: per-token grad is -A / N_all on-policy
     assert torch.allclose(logp.grad[nz], -b.advantages[nz] / n_valid, atol=1e-6)
-    assert abs(out.metrics["forking_selected_frac"] - sel.sum().item() / n_valid) < 1e-6
+    assert abs(out.metrics["mech/forking_selected_frac"] - sel.sum().item() / n_valid) < 1e-6
 
 
 def test_kl_cov_gradient_differs_from_grpo_only_off_policy():
@@ -230,7 +231,7 @@ def test_clip_cov_and_kl_cov_select_tokens_with_defaults():
         m = copy.deepcopy(model)
         metrics = ppo_update(m, torch.optim.AdamW(m.parameters(), lr=1e-3), make_objective(name), b,
                              ppo_epochs=2, num_minibatches=2, generator=torch.Generator().manual_seed(0))
-        assert metrics["cov_selected_frac"] > 0, name
+        assert metrics["mech/cov_selected_frac"] > 0, name
 
 
 def test_entropy_bonus_raises_entropy_relative_to_grpo():
@@ -266,7 +267,7 @@ def test_er_shaped_changes_advantages_of_all_policy_tokens():
     assert torch.all(shaped[b.response_mask == 0] == 0)
     # clipped to |A| / kappa
     assert torch.all((shaped - b.advantages).abs() <= b.advantages.abs() / 2 + 1e-7)
-    assert metrics["er_mean"] > 1 and obj.state_dict()["ema"] is not None
+    assert metrics["mech/er_mean"] > 1 and obj.state_dict()["ema"] is not None
     with pytest.raises(ValueError, match="hidden states"):
         obj.shape_advantages(b.advantages, b.response_mask, None)
 

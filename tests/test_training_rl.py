@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from searchgym.metrics import names as mn
+
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -68,20 +70,22 @@ def test_two_rl_steps_per_objective_change_weights(smoke_start, tmp_path, object
     lines = read_jsonl(tmp_path / objective / "metrics.jsonl")
     assert [r["step"] for r in lines] == list(range(1, steps + 1)) and seen == [12] * steps
     for r in lines:
-        for k in ("reward_mean", "reward_std", "accuracy", "format_error_rate", "searches_per_episode",
-                  "response_length", "entropy_mean", "entropy_top20_mean", "clip_frac", "kl_ref", "grad_norm",
-                  "lr", "time_rollout_s", "time_old_logprob_s", "time_update_s", "time_step_s"):
+        for k in ("train/reward_mean", "train/reward_std", "train/accuracy", "train/format_error_rate",
+                  "train/searches_mean", "train/response_length", "train/entropy", "train/entropy_top",
+                  "update/clip_frac", "update/kl_ref", "update/grad_norm", "update/lr", "time/rollout_s",
+                  "time/old_logprob_s", "time/update_s", "time/step_s", "time/metrics_s"):
             assert k in r, (objective, k)
-        assert r["hook_episodes"] == 12 and r["hook_has_hidden"] == 1.0
+        assert all(k == "step" or mn.is_namespaced(k) for k in r), sorted(r)  # one vocabulary
+        assert r["train/hook_episodes"] == 12 and r["train/hook_has_hidden"] == 1.0
         # the trainer's recomputed log-probs match the engine's sampled ones
-        assert r["rollout_logprob_absdiff"] < 1e-3
+        assert r["update/rollout_logprob_absdiff"] < 1e-3
     if objective in ("clip_cov", "kl_cov"):
-        active = [r for r in lines if r["adv_abs_mean"] > 0]
-        assert active and all(r["cov_selected_frac"] > 0 for r in active), lines
+        active = [r for r in lines if r["update/adv_abs_mean"] > 0]
+        assert active and all(r["mech/cov_selected_frac"] > 0 for r in active), lines
     if objective == "forking_tokens":
-        assert all(0 < r["forking_selected_frac"] <= 0.35 for r in lines)
+        assert all(0 < r["mech/forking_selected_frac"] <= 0.35 for r in lines)
     if objective == "er_shaped":
-        assert all(r["er_mean"] > 1 for r in lines)
+        assert all(r["mech/er_mean"] > 1 for r in lines)
     assert any((tmp_path / objective / "tensorboard").iterdir())
 
 
@@ -92,7 +96,7 @@ def test_kl_to_reference_and_rloo(smoke_start, tmp_path):
     _, init = smoke_start
     train_rl(_rl_cfg(init, tmp_path / "kl", "grpo", kl_coef=0.1, adv_estimator="rloo"), progress=False)
     lines = read_jsonl(tmp_path / "kl" / "metrics.jsonl")
-    assert lines[0]["kl_ref"] >= 0 and lines[1]["kl_ref"] > 0  # step 1's first update is at the reference
+    assert lines[0]["update/kl_ref"] >= 0 and lines[1]["update/kl_ref"] > 0  # step 1's first update is at the reference
 
 
 def test_existing_run_requires_resume(smoke_start, tmp_path):
@@ -149,7 +153,7 @@ def test_sigkill_and_resume_is_bitwise_identical(smoke_start, tmp_path):
     la = read_jsonl(tmp_path / "full" / "metrics.jsonl", skip_torn_tail=False)
     lb = read_jsonl(tmp_path / "killed" / "metrics.jsonl", skip_torn_tail=False)
     assert [r["step"] for r in lb] == [1, 2, 3, 4]
-    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("time_")}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
     assert [strip(r) for r in la] == [strip(r) for r in lb]
 
 
@@ -182,10 +186,10 @@ def test_fast_step_equals_original_step(smoke_start, tmp_path, objective, kl_coe
     for ra, rb in zip(la, lb):
         assert set(ra) == set(rb)
         for k in ra:
-            if k.startswith("time_") or k == "rollout_logprob_absdiff":
+            if k.startswith("time/") or k == "update/rollout_logprob_absdiff":
                 continue
             assert rb[k] == pytest.approx(ra[k], rel=1e-3, abs=1e-5), k
-        assert rb["rollout_logprob_absdiff"] < 1e-4  # engine vs trainer log-probs (first mini-batch)
+        assert rb["update/rollout_logprob_absdiff"] < 1e-4  # engine vs trainer log-probs (first mini-batch)
     # AdamW's g / sqrt(v) can turn round-off in a near-zero gradient into a move of a fraction
     # of lr per step (measured 0.05 lr after these 8 updates, in one element): a bound of
     # lr / 4 on any weight and lr / 1000 on the mean
@@ -206,4 +210,4 @@ def test_fast_step_falls_back_to_recompute(smoke_start, tmp_path, monkeypatch):
         trainer.step_once()
     assert trainer.reuse_rollout_logprobs is False
     rec = trainer.step_once()
-    assert rec["time_old_logprob_s"] > 0 and rec["rollout_logprob_absdiff"] < 1e-3
+    assert rec["time/old_logprob_s"] > 0 and rec["update/rollout_logprob_absdiff"] < 1e-3

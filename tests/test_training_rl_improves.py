@@ -73,7 +73,7 @@ def test_rl_improves_validation_reward_over_the_sft_start(warm_start, tmp_path, 
                     eval_questions=64, save_every=RL_STEPS, tensorboard=False, threads=1, seed=seed,
                     optim={"lr": 1e-4, "warmup_steps": 0, "min_lr_ratio": 1.0})
     train_rl(cfg, progress=False)
-    val = {r["step"]: r for r in read_jsonl(tmp_path / "rl" / "metrics.jsonl") if "val_reward_mean" in r}
+    val = {r["step"]: r for r in read_jsonl(tmp_path / "rl" / "metrics.jsonl") if "val/reward_mean" in r}
     start, end = val[0], val[RL_STEPS]
-    assert start["val_num_episodes"] == end["val_num_episodes"] == 64
-    assert end["val_reward_mean"] >= start["val_reward_mean"] + MARGIN, (seed, start, end)
+    assert start["val/num_episodes"] == end["val/num_episodes"] == 64
+    assert end["val/reward_mean"] >= start["val/reward_mean"] + MARGIN, (seed, start, end)

@@ -99,17 +99,36 @@ def test_plugin_is_inert_without_rho(worker_report):
 
 
 def test_top_entropy_mask_matches_objective_registry():
-    from searchgym.training.objectives import forking_token_mask
-    from searchgym.training.verl_plugin import top_entropy_mask
+    from searchgym.metrics import entropy as me
+    from searchgym.training.objectives import make_objective
+    from searchgym.training.verl_plugin import gathered_top_entropy_mask
 
     g = torch.Generator().manual_seed(1)
     ent = torch.rand(4, 11, generator=g)
     mask = (torch.rand(4, 11, generator=g) > 0.3).long()
     for rho in (0.1, 0.2, 0.5, 1.0):
-        mine = top_entropy_mask(ent, mask, rho)
-        theirs = forking_token_mask(ent, mask.float(), rho).bool()
+        mine = gathered_top_entropy_mask(ent, mask, rho)
+        theirs = make_objective("forking_tokens", {"rho": rho}).loss_mask(mask.float(), ent)[0].bool()
         assert torch.equal(mine, theirs), rho
         assert not bool((mine & ~mask.bool()).any())
+        # the rule itself: ties kept at the (1 - rho) quantile of the policy tokens
+        tau = torch.quantile(ent[mask.bool()], 1.0 - rho)
+        assert torch.equal(mine, mask.bool() & (ent >= tau)), rho
+        vals = ent[mask.bool()].numpy()
+        assert me.token_entropy_stats(vals, top_frac=rho)["entropy_top"] == pytest.approx(
+            float(ent[mine].double().mean()), rel=1e-6), rho
+    assert not bool(gathered_top_entropy_mask(ent, torch.zeros_like(mask), 0.2).any())  # no policy token
+
+
+def test_top_entropy_threshold_above_quantile_limit(monkeypatch):
+    """Above torch.quantile's input limit the threshold is the k-th smallest value."""
+    from searchgym.metrics import entropy as me
+
+    vals = torch.arange(100, dtype=torch.float32)
+    monkeypatch.setattr(me, "_QUANTILE_MAX", 10)
+    assert float(me.top_entropy_threshold(vals, 0.2)) == 79.0  # k = int(0.8 * 100) = 80th smallest
+    with pytest.raises(ValueError, match="rho"):
+        me.top_entropy_threshold(vals, 0.0)
 
 
 def test_nested_advantages_keep_layout():

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from searchgym.metrics import names as mn
 from searchgym.training.objectives import GRPO, Objective, make_objective
 from searchgym.training.update import PaddedBatch, compute_advantages, forward_logprobs
 
@@ -58,11 +59,15 @@ SHARE_EQUIVALENT = 0.005
 #: touches (see EQUIVALENCE_RULE); objectives absent here have no share (only the cosine).
 MECHANISM_SHARE_KEYS: dict[str, tuple[str, ...]] = {
     "clip_higher": ("mech/clip_differs_from_grpo_frac",),
-    "clip_cov": ("cov_selected_frac", "mech/clip_differs_from_grpo_frac"),
-    "kl_cov": ("cov_selected_frac", "mech/clip_differs_from_grpo_frac"),
+    "clip_cov": (mn.MECH_COV_SELECTED_FRAC, "mech/clip_differs_from_grpo_frac"),
+    "kl_cov": (mn.MECH_COV_SELECTED_FRAC, "mech/clip_differs_from_grpo_frac"),
     "forking_tokens": ("mech/masked_grad_mass_frac",),
-    "er_shaped": ("er_bonus_rel",),
+    "er_shaped": ("mech/er_bonus_rel",),
 }
+
+#: metrics.jsonl keys as spelled before searchgym.metrics.names (v1): the summary's
+#: ``mechanism_share_keys`` field keeps that spelling, which committed reports print.
+_V1_KEYS = {new: old for old, new in mn.LEGACY_STEP_KEYS.items()}
 
 #: What each objective's mechanism share measures (for the report's wording).
 MECHANISM_SHARE_WHAT: dict[str, str] = {
@@ -159,8 +164,8 @@ def policy_gradient_cosine(
     Returns ``mech/grad_cos_grpo`` (mean over mini-batches), ``mech/grad_cos_grpo_min``,
     ``mech/grad_rel_diff_grpo`` (mean ||g_obj - g_grpo|| / ||g_grpo||: for entropy_bonus,
     the entropy term's gradient relative to the policy-gradient's), ``mech/grad_norm_ratio_grpo``
-    (mean ||g_obj|| / ||g_grpo||), ``mech/grad_diag_minibatches`` and ``time_grad_diag_s``
-    (wall time, named like the record's other ``time_*`` fields); only the last two when no
+    (mean ||g_obj|| / ||g_grpo||), ``mech/grad_diag_minibatches`` and ``time/grad_diag_s``
+    (wall time, ``searchgym.metrics.names.TIME_GRAD_DIAG``); only the last two when no
     mini-batch has a non-zero gradient on both sides. Parameters,
     ``.grad``, the global RNG and the model's train/eval mode are left as they were.
     """
@@ -210,7 +215,7 @@ def policy_gradient_cosine(
             "mech/grad_rel_diff_grpo": float(np.mean(rel)),
             "mech/grad_norm_ratio_grpo": float(np.mean(ratio)),
         })
-    out["time_grad_diag_s"] = time.perf_counter() - t0
+    out[mn.TIME_GRAD_DIAG] = time.perf_counter() - t0
     return out
 
 
@@ -249,12 +254,13 @@ def step_mechanism_metrics(
 
     Keys: every ``mech/*`` key of ``update_metrics`` (``mech/clip_frac_low``,
     ``mech/clip_frac_high``, ``mech/clip_frac_dual``, ``mech/clip_differs_from_grpo_frac``,
+    the objectives' selections ``mech/cov_selected_frac`` / ``mech/forking_selected_frac``,
     and ``mech/masked_grad_mass_frac`` for loss-masked objectives: per mini-batch shares,
     averaged over the updates), ``mech/entropy_below_1e-6_frac`` and
     ``mech/entropy_below_1e-3_frac``, and on diagnostic steps the
     :func:`policy_gradient_cosine` keys (not for plain GRPO, whose cosine is 1).
     """
-    out = {k: float(v) for k, v in update_metrics.items() if k.startswith("mech/")}
+    out = {k: float(v) for k, v in update_metrics.items() if k.startswith(mn.MECH)}
     out.update(zero_entropy_shares(entropy, batch.response_mask))
     every = getattr(cfg, "diag_every", None)
     if _is_plain_grpo(objective) or not gradient_diagnostic_due(step, cfg.steps, every):
@@ -279,9 +285,21 @@ def _share(record: dict, keys: tuple[str, ...]) -> float | None:
     return sum(vals) if vals else None
 
 
+#: (per-step key, stem of its ``<stem>_median`` field in the summary): the summary's field
+#: names are those of the reports written so far.
+_PER_STEP_MEDIANS: tuple[tuple[str, str], ...] = tuple((k, _V1_KEYS.get(k, k).removeprefix("mech/")) for k in (
+    "mech/clip_frac_low", "mech/clip_frac_high", "mech/clip_frac_dual", "mech/clip_differs_from_grpo_frac",
+    "mech/masked_grad_mass_frac", *(f"mech/entropy_below_{_threshold_name(t)}_frac" for t in ZERO_ENTROPY_NATS),
+    mn.MECH_COV_SELECTED_FRAC, mn.MECH_FORKING_SELECTED_FRAC, mn.TRAIN_ENTROPY,
+    "mech/er_bonus_rel", "mech/er_bonus_token_frac", "mech/er_aux_len_corr", "mech/er_bonus_len_corr",
+    "mech/grad_rel_diff_grpo", "mech/grad_norm_ratio_grpo", mn.TIME_GRAD_DIAG))
+
+
 def summarize_mechanism(step_records: list[dict], objective: str) -> dict:
-    """One arm's mechanism summary from its per-step metrics records (metrics.jsonl lines;
-    records without a ``step`` >= 1, e.g. evaluations at step 0, are ignored).
+    """One arm's mechanism summary from its per-step metrics records (metrics.jsonl lines,
+    under the names of ``searchgym.metrics.names`` or their legacy spellings: each record
+    goes through ``normalize_record``; records without a ``step`` >= 1, e.g. evaluations at
+    step 0, are ignored).
 
     Returns medians over steps of the per-step keys (``clip_frac_low``, ``clip_frac_high``,
     ``clip_differs_from_grpo_frac``, ``entropy_below_1e-6_frac``,
@@ -296,19 +314,13 @@ def summarize_mechanism(step_records: list[dict], objective: str) -> dict:
     ``"inconclusive"``), ``decided_by`` (``"grad_cos"``, ``"share"`` or None) and ``rule``
     (:data:`EQUIVALENCE_RULE`, for the report).
     """
-    recs = [r for r in step_records if isinstance(r, dict) and isinstance(r.get("step"), (int, float))
-            and r["step"] >= 1]
-    per_step = ["mech/clip_frac_low", "mech/clip_frac_high", "mech/clip_frac_dual",
-                "mech/clip_differs_from_grpo_frac", "mech/masked_grad_mass_frac",
-                *(f"mech/entropy_below_{_threshold_name(t)}_frac" for t in ZERO_ENTROPY_NATS),
-                "cov_selected_frac", "forking_selected_frac", "entropy_mean",
-                "er_bonus_rel", "er_bonus_token_frac", "er_aux_len_corr", "er_bonus_len_corr",
-                "mech/grad_rel_diff_grpo", "mech/grad_norm_ratio_grpo", "time_grad_diag_s"]
+    recs = [mn.normalize_record(r, mn.STEP_RECORD) for r in step_records
+            if isinstance(r, dict) and isinstance(r.get("step"), (int, float)) and r["step"] >= 1]
     out: dict[str, Any] = {"objective": objective, "steps": len(recs)}
-    for k in per_step:
+    for k, stem in _PER_STEP_MEDIANS:
         v = _median(recs, k)
         if v is not None:
-            out[k.removeprefix("mech/") + "_median"] = v
+            out[stem + "_median"] = v
     cos = [float(r["mech/grad_cos_grpo"]) for r in recs
            if isinstance(r.get("mech/grad_cos_grpo"), (int, float)) and math.isfinite(r["mech/grad_cos_grpo"])]
     out["grad_cos_steps"] = len(cos)
@@ -316,7 +328,7 @@ def summarize_mechanism(step_records: list[dict], objective: str) -> dict:
     out["grad_cos_grpo_min"] = float(np.min(cos)) if cos else None
     keys = MECHANISM_SHARE_KEYS.get(objective)
     shares = [s for s in (_share(r, keys) for r in recs) if s is not None] if keys else []
-    out["mechanism_share_keys"] = list(keys) if keys else None
+    out["mechanism_share_keys"] = [_V1_KEYS.get(k, k) for k in keys] if keys else None
     out["mechanism_share_what"] = MECHANISM_SHARE_WHAT.get(objective)
     out["mechanism_share_median"] = float(np.median(shares)) if shares else None
     if objective == "grpo":

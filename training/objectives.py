@@ -41,6 +41,9 @@ from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, register_p
 from verl.utils import torch_functional as verl_F
 from verl.workers.config import ActorConfig, PolicyLossConfig
 
+from searchgym.metrics import names as mn
+from searchgym.metrics.entropy import top_entropy_mask
+
 __all__ = [
     "ObjectiveConfig",
     "Objective",
@@ -49,7 +52,6 @@ __all__ = [
     "get_objective",
     "make_objective",
     "objective_names",
-    "forking_token_mask",
     "clip_bind_masks",
     "pearson_or_none",
     "effective_rank_stats",
@@ -391,7 +393,7 @@ class ClipCov(Objective):
     def _selection_metrics(self, mask, pg_metrics):
         # verl's clip_cov reports pg_clipfrac = mean over policy tokens of (corr == 0),
         # i.e. exactly the covariance-selected fraction.
-        return {"cov_selected_frac": float(pg_metrics["actor/pg_clipfrac"])}
+        return {mn.MECH_COV_SELECTED_FRAC: float(pg_metrics["actor/pg_clipfrac"])}
 
 
 @register_objective("kl_cov")
@@ -411,8 +413,8 @@ class KLCov(Objective):
         # verl does not report it; its rule is top max(1, floor(N * ratio)) of N tokens.
         n = int(mask.sum().item())
         if n == 0:
-            return {"cov_selected_frac": 0.0}
-        return {"cov_selected_frac": max(1, int(n * self.config.kl_cov_ratio)) / n}
+            return {mn.MECH_COV_SELECTED_FRAC: 0.0}
+        return {mn.MECH_COV_SELECTED_FRAC: max(1, int(n * self.config.kl_cov_ratio)) / n}
 
 
 def clip_bind_masks(
@@ -453,18 +455,6 @@ def pearson_or_none(x, y) -> float | None:
     return float((a * b).sum()) / den if den > 1e-12 else None
 
 
-def forking_token_mask(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float) -> torch.Tensor:
-    """Mask of the top-``rho`` highest-entropy tokens among ``response_mask`` (TRL's
-    ``get_high_entropy_mask``: threshold = quantile(1 - rho) of the valid entropies,
-    ties at the threshold kept). Returns a float mask shaped like ``response_mask``."""
-    valid = response_mask > 0
-    if not bool(valid.any()):
-        return torch.zeros_like(response_mask, dtype=entropy.dtype)
-    ents = entropy.detach()[valid].float()
-    tau = torch.quantile(ents, 1.0 - rho)
-    return ((entropy.detach() >= tau) & valid).to(entropy.dtype)
-
-
 @register_objective("forking_tokens")
 class ForkingTokens(Objective):
     """80/20 forking tokens: only the top-rho entropy policy tokens of each mini-batch get
@@ -475,9 +465,10 @@ class ForkingTokens(Objective):
     policy_loss = "vanilla"
 
     def loss_mask(self, response_mask, entropy):
-        m = forking_token_mask(entropy, response_mask, self.config.rho)
+        # the one top-rho rule (metrics.entropy), as the verl plugin's mask
+        m = top_entropy_mask(entropy, response_mask, self.config.rho).to(entropy.dtype)
         n = float(response_mask.sum().clamp_min(1.0))
-        return m, {"forking_selected_frac": float(m.sum()) / n}
+        return m, {mn.MECH_FORKING_SELECTED_FRAC: float(m.sum()) / n}
 
 
 def effective_rank_stats_batch(hidden_states, stride: int = 20, max_tokens: int = 512) -> np.ndarray:
@@ -542,15 +533,15 @@ class ERShaped(Objective):
         lengths = response_mask.sum(1).double()
         abs_adv = float(advantages.abs()[m].sum())
         return shaped, {
-            "er_mean": float(stats[:, 2].mean()),
-            "erv_mean": float(stats[:, 1].mean()),
-            "era_mean": float(stats[:, 0].mean()),
-            "er_aux_mean": float(aux.mean()),
-            "er_bonus_mean": float(token_bonus.mean()) if bool(m.any()) else 0.0,
-            "er_bonus_token_frac": float((token_bonus > 0).double().mean()) if bool(m.any()) else 0.0,
-            "er_bonus_rel": float(token_bonus.sum()) / abs_adv if abs_adv > 0 else 0.0,
-            "er_aux_len_corr": pearson_or_none(aux.numpy(), lengths.numpy()),
-            "er_bonus_len_corr": pearson_or_none(
+            "mech/er_mean": float(stats[:, 2].mean()),
+            "mech/erv_mean": float(stats[:, 1].mean()),
+            "mech/era_mean": float(stats[:, 0].mean()),
+            "mech/er_aux_mean": float(aux.mean()),
+            "mech/er_bonus_mean": float(token_bonus.mean()) if bool(m.any()) else 0.0,
+            "mech/er_bonus_token_frac": float((token_bonus > 0).double().mean()) if bool(m.any()) else 0.0,
+            "mech/er_bonus_rel": float(token_bonus.sum()) / abs_adv if abs_adv > 0 else 0.0,
+            "mech/er_aux_len_corr": pearson_or_none(aux.numpy(), lengths.numpy()),
+            "mech/er_bonus_len_corr": pearson_or_none(
                 ((bonus * response_mask).sum(1).double() / lengths.clamp_min(1.0)).numpy(), lengths.numpy()),
         }
 
@@ -593,15 +584,3 @@ def _register_into_verl() -> None:
 
 _register_into_verl()
 
-
-def masked_entropy_stats(entropy: torch.Tensor, mask: torch.Tensor, top_frac: float = 0.2) -> dict[str, float]:
-    """Mean policy-token entropy and the mean over the top ``top_frac`` highest-entropy tokens."""
-    valid = mask > 0
-    if not bool(valid.any()):
-        return {"entropy_mean": math.nan, "entropy_top20_mean": math.nan}
-    e = entropy.detach()[valid].float()
-    k = max(1, int(math.ceil(top_frac * e.numel())))
-    return {
-        "entropy_mean": float(verl_F.masked_mean(entropy.detach(), mask.to(entropy.dtype))),
-        "entropy_top20_mean": float(torch.topk(e, k).values.mean()),
-    }

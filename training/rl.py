@@ -28,12 +28,14 @@ import random
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from searchgym.agents.policy import summarize
+from searchgym.metrics import names as mn
+from searchgym.metrics.entropy import token_entropy_stats
 from searchgym.retrieval.fileio import append_jsonl, atomic_write_json
 from searchgym.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from searchgym.training.common import (
@@ -41,13 +43,13 @@ from searchgym.training.common import (
 )
 from searchgym.training.config import RLConfig, dataclass_to_dict
 from searchgym.training.diagnostics import step_mechanism_metrics
-from searchgym.training.objectives import make_objective, masked_entropy_stats
+from searchgym.training.objectives import make_objective
 from searchgym.training.update import (
     PaddedBatch, compute_advantages, forward_logprobs, packed_forward_logprobs, pad_batch, policy_hidden_states,
     ppo_update,
 )
 
-__all__ = ["train_rl", "StepHook", "RLTrainer", "RESUME_MAY_CHANGE", "ROLLOUT_LOGPROB_TOL"]
+__all__ = ["train_rl", "StepHook", "Evaluation", "GreedyValidation", "RLTrainer", "RESUME_MAY_CHANGE", "ROLLOUT_LOGPROB_TOL"]
 
 #: Largest policy-token mean |engine log-prob - trainer log-prob| (nats) at which the
 #: engine's recorded log-probs stand in for the old-log-prob pass. They are the sampling
@@ -63,8 +65,34 @@ ROLLOUT_LOGPROB_TOL = 1e-3
 RESUME_MAY_CHANGE = ("out", "steps", "threads", "save_every", "keep_last", "tensorboard")
 
 #: A per-step metrics hook: gets the step's trajectories (with ``hidden_states`` filled
-#: when ``RLConfig.hidden_states`` is on), returns extra scalar fields for metrics.jsonl.
+#: when ``RLConfig.hidden_states`` is on), returns rollout metrics that the trainer writes
+#: to metrics.jsonl as ``train/<key>`` (the hooks' wall time together: ``time/metrics_s``).
 StepHook = Callable[[list], dict]
+
+#: The trainer's evaluation, ``(model, tokenizer, step) -> {metric: value}``: called at step
+#: 0 of a fresh run, every ``RLConfig.eval_every`` steps and at the last step (never when
+#: ``eval_every`` is 0), with the model in the state of that step. The trainer writes the
+#: returned fields under ``val/<metric>`` and the call's wall time as ``time/eval_s``; an
+#: evaluation that records its results elsewhere returns ``{}``.
+Evaluation = Callable[[Any, Any, int], Mapping[str, float]]
+
+
+class GreedyValidation:
+    """The default :data:`Evaluation`: greedy rollouts on the first ``eval_questions``
+    questions of ``eval_family`` / ``val_split`` (``training.common.evaluate``: accuracy,
+    reward_mean, format_error_rate, searches_per_episode, num_episodes); envs made once."""
+
+    def __init__(self, config: RLConfig, world: str, retriever: str = ""):
+        self.cfg, self.world, self.retriever = config, world, retriever
+        self.envs = None
+
+    def __call__(self, model, tokenizer, step: int) -> dict[str, float]:
+        c = self.cfg
+        if self.envs is None:
+            self.envs, _ = make_envs(c.eval_family, min(c.eval_questions, 64), c.val_split, self.world,
+                                     c.max_turns, self.retriever, **c.env_kwargs)
+        return evaluate(model, tokenizer, family=c.eval_family, split=c.val_split, num_questions=c.eval_questions,
+                        envs=self.envs, max_turns=c.max_turns, max_new_tokens=c.max_new_tokens, seed=c.seed)
 
 
 def _scalar(v):
@@ -81,8 +109,9 @@ class RLTrainer:
     """Holds the model, optimizer, envs and engine of one RL run (see ``train_rl``)."""
 
     def __init__(self, config: RLConfig, hooks: Sequence[StepHook] = (), progress: bool = True, *,
-                 pack: bool = True, reuse_rollout_logprobs: bool = True):
-        """``pack``: forward packed sequences (no padding computed) in the update and in
+                 evaluation: Evaluation | None = None, pack: bool = True, reuse_rollout_logprobs: bool = True):
+        """``evaluation``: run at step 0 of a fresh run, every ``eval_every`` steps and at the
+        last step (``Evaluation``; default :class:`GreedyValidation`). ``pack``: forward packed sequences (no padding computed) in the update and in
         the recompute / reference passes. ``reuse_rollout_logprobs``: take the old
         log-probs, entropies and (when needed) final-norm hidden states the engine recorded
         while sampling instead of a separate no-grad forward (``ROLLOUT_LOGPROB_TOL``).
@@ -126,7 +155,8 @@ class RLTrainer:
         n_eps = config.batch_questions * config.n_samples
         self.envs, self.num_questions = make_envs(config.train_family, n_eps, config.train_split, self.world,
                                                   config.max_turns, self.retriever, **config.env_kwargs)
-        self.val_envs = None
+        self.evaluation = evaluation if evaluation is not None else GreedyValidation(config, self.world,
+                                                                                     self.retriever)
         self.step = 0
         self.metrics_path = self.out / "metrics.jsonl"
         self.writer = None
@@ -308,56 +338,58 @@ class RLTrainer:
                 sampled[i, p0:p0 + len(lp)] = lp
             logprob_absdiff = float(((sampled - old_lp).abs() * rm).sum() / rm.sum().clamp_min(1))
         outcome = summarize(trajs)
+        tokens = token_entropy_stats(ent, rm)  # the one token entropy (metrics.entropy), as eval/entropy
         rec = {
             "step": step,
-            "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std()) if n > 1 else 0.0,
-            "accuracy": outcome["accuracy"],
-            "format_error_rate": outcome["format_error_rate"],
-            "searches_per_episode": outcome["searches_per_episode"],
-            "response_length": outcome["policy_tokens_per_episode"],
-            "episode_length": sum(len(t.response_ids) for t in trajs) / n,
-            **masked_entropy_stats(ent, rm),
-            "rollout_logprob_absdiff": logprob_absdiff,
-            "adv_abs_mean": float((adv.abs() * rm).sum() / rm.sum().clamp_min(1)),
-            "clip_frac": upd.get("pg_clipfrac", 0.0),
-            "cov_selected_frac": upd.get("cov_selected_frac"),
-            "forking_selected_frac": upd.get("forking_selected_frac"),
-            "kl_ref": upd.get("kl_ref", 0.0),
-            "ppo_kl": upd.get("ppo_kl"),
-            "pg_loss": upd.get("pg_loss"),
-            "entropy_loss": upd.get("entropy_loss"),
-            "grad_norm": upd.get("grad_norm"),
-            "lr": float(self.optimizer.param_groups[0]["lr"]),
-            **shape_metrics,
-            "time_rollout_s": t1 - t0,
-            "time_old_logprob_s": t2 - t1,
-            "time_update_s": t3 - t2,
+            mn.TRAIN_REWARD: float(rewards.mean()),
+            mn.TRAIN_REWARD_STD: float(rewards.std()) if n > 1 else 0.0,
+            mn.TRAIN_ACCURACY: outcome["accuracy"],
+            mn.TRAIN_FORMAT_ERROR_RATE: outcome["format_error_rate"],
+            mn.TRAIN_SEARCHES: outcome["searches_per_episode"],
+            mn.TRAIN_RESPONSE_LENGTH: outcome["policy_tokens_per_episode"],
+            mn.TRAIN_EPISODE_LENGTH: sum(len(t.response_ids) for t in trajs) / n,
+            mn.TRAIN_ENTROPY: tokens["entropy"],
+            mn.TRAIN_ENTROPY_TOP: tokens["entropy_top"],
+            mn.UPDATE_ROLLOUT_LOGPROB_ABSDIFF: logprob_absdiff,
+            mn.UPDATE_ADV_ABS_MEAN: float((adv.abs() * rm).sum() / rm.sum().clamp_min(1)),
+            mn.UPDATE_CLIP_FRAC: upd.get("pg_clipfrac", 0.0),
+            mn.UPDATE_KL_REF: upd.get("kl_ref", 0.0),
+            mn.UPDATE_PPO_KL: upd.get("ppo_kl"),
+            mn.UPDATE_PG_LOSS: upd.get("pg_loss"),
+            mn.UPDATE_ENTROPY_LOSS: upd.get("entropy_loss"),
+            mn.UPDATE_GRAD_NORM: upd.get("grad_norm"),
+            mn.UPDATE_LR: float(self.optimizer.param_groups[0]["lr"]),
+            **shape_metrics,  # mech/* (er_shaped's shaping statistics)
+            mn.TIME_ROLLOUT: t1 - t0,
+            mn.TIME_OLD_LOGPROB: t2 - t1,
+            mn.TIME_UPDATE: t3 - t2,
         }
         rec = {k: v for k, v in rec.items() if v is not None}
-        # mechanism diagnostics (training/diagnostics.py): mech/* keys; changes no training state
+        # mechanism diagnostics (training/diagnostics.py): every mech/* key of the update
+        # (the objectives' selections included) and the gradient cosine; changes no training state
         rec.update(step_mechanism_metrics(self.model, self.objective, c, step, batch, ent, upd, rewards,
                                           [t.group_id for t in trajs]))
-        for hook in self.hooks:
-            extra = hook(trajs)
-            for k, v in (extra or {}).items():
-                s = _scalar(v)
-                if s is not None and k not in rec:
-                    rec[k] = s
-        rec["time_step_s"] = time.perf_counter() - t0
+        t4 = time.perf_counter()
+        for hook in self.hooks:  # rollout metrics (summarize_rollouts names) of the step's rollouts
+            for k, v in (hook(trajs) or {}).items():
+                value = _scalar(v)
+                if value is not None and mn.train(k) not in rec:
+                    rec[mn.train(k)] = value
+        if self.hooks:
+            rec[mn.TIME_METRICS] = time.perf_counter() - t4
+        rec[mn.TIME_STEP] = time.perf_counter() - t0
         self.step = step
         self.last_trajectories = trajs
         return rec
 
-    def validate(self) -> dict[str, float]:
-        c = self.cfg
-        if self.val_envs is None:
-            self.val_envs, _ = make_envs(c.eval_family, min(c.eval_questions, 64), c.val_split, self.world,
-                                         c.max_turns, self.retriever, **c.env_kwargs)
-        r = evaluate(self.model, self.tokenizer, family=c.eval_family, split=c.val_split,
-                     num_questions=c.eval_questions, envs=self.val_envs, max_turns=c.max_turns,
-                     max_new_tokens=c.max_new_tokens, seed=c.seed)
-        return {f"val_{k}": v for k, v in r.items()}
+    def evaluate(self) -> dict[str, float]:
+        """Run the evaluation at the current step: its fields under ``val/<metric>``, its wall
+        time as ``time/eval_s``."""
+        t0 = time.perf_counter()
+        fields = self.evaluation(self.model, self.tokenizer, self.step) or {}
+        out = {mn.val(k): v for k, v in fields.items()}
+        out[mn.TIME_EVAL] = time.perf_counter() - t0
+        return out
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False) -> Path:
@@ -376,7 +408,7 @@ class RLTrainer:
 
             self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1 if resumed else None)
         if not resumed and c.eval_every > 0:
-            self._log({"step": 0, **self.validate()})
+            self._log({"step": 0, **self.evaluate()})
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -386,14 +418,14 @@ class RLTrainer:
             while self.step < c.steps:
                 rec = self.step_once()
                 if c.eval_every > 0 and (self.step % c.eval_every == 0 or self.step == c.steps):
-                    rec.update(self.validate())
+                    rec.update(self.evaluate())
                 self._log(rec)
                 if self.step % c.save_every == 0 or self.step == c.steps:
                     self._checkpoint()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(reward=f"{rec['reward_mean']:.2f}", H=f"{rec.get('entropy_mean', 0):.2f}",
-                                    s=f"{rec['time_step_s']:.1f}")
+                    bar.set_postfix(reward=f"{rec[mn.TRAIN_REWARD]:.2f}", H=f"{rec.get(mn.TRAIN_ENTROPY, 0):.2f}",
+                                    s=f"{rec[mn.TIME_STEP]:.1f}")
         finally:
             if bar is not None:
                 bar.close()
@@ -404,11 +436,13 @@ class RLTrainer:
         return save_model(self.model, self.tokenizer, self.out / "model", info)
 
 
-def train_rl(config: RLConfig, hooks: Sequence[StepHook] = (), resume: bool = False, progress: bool = True) -> Path:
+def train_rl(config: RLConfig, hooks: Sequence[StepHook] = (), resume: bool = False, progress: bool = True,
+             evaluation: Evaluation | None = None) -> Path:
     """Run RL as configured; returns ``<out>/model`` (the final HF model folder).
 
     ``hooks``: callables ``(trajectories) -> dict`` whose scalar fields are added to every
-    metrics line (e.g. hidden-state and diversity metrics from ``searchgym.metrics``).
-    ``resume``: continue from the latest checkpoint in ``config.out``.
+    metrics line as ``train/<key>`` (rollout metrics, e.g. ``searchgym.metrics.summarize_rollouts``).
+    ``evaluation``: what the trainer evaluates every ``eval_every`` steps (``Evaluation``;
+    default the greedy validation). ``resume``: continue from the latest checkpoint in ``config.out``.
     """
-    return RLTrainer(config, hooks=hooks, progress=progress).run(resume=resume)
+    return RLTrainer(config, hooks=hooks, progress=progress, evaluation=evaluation).run(resume=resume)

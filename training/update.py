@@ -27,7 +27,7 @@ from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.core_algos import agg_loss, kl_penalty
 from verl.utils import torch_functional as verl_F
 
-from searchgym.training.objectives import Objective, masked_entropy_stats
+from searchgym.training.objectives import Objective
 
 __all__ = ["PaddedBatch", "pad_batch", "forward_logprobs", "packed_forward_logprobs", "compute_advantages",
            "ppo_update", "policy_hidden_states", "VARLEN_SDPA"]
@@ -364,6 +364,4 @@ def ppo_update(
             add("loss", loss.detach())
             for k, v in out.metrics.items():
                 add(k, v)
-            for k, v in masked_entropy_stats(ent, mb.response_mask).items():
-                add("update_" + k, v)
     return {**{k: sum(v) / len(v) for k, v in acc.items()}, **first}

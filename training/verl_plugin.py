@@ -39,6 +39,8 @@ import sys
 
 import torch
 
+from searchgym.metrics.entropy import top_entropy_mask
+
 #: Environment variable that switches the forking-token mask on (a float in (0, 1)).
 RHO_ENV = "SEARCHGYM_FORKING_RHO"
 #: Name this module is loaded under (what goes in ``VERL_USE_EXTERNAL_MODULES``).
@@ -80,36 +82,17 @@ def _gather_valid(values: torch.Tensor, dp_group) -> torch.Tensor:
     return torch.cat([c[: int(s.item())] for c, s in zip(chunks, sizes)])
 
 
-def top_entropy_mask(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float, dp_group=None) -> torch.Tensor:
-    """Boolean mask of the valid tokens whose entropy is in the top ``rho`` fraction.
-
-    Args:
-        entropy: ``[bsz, response_len]`` per-token entropy (detached inside).
-        response_mask: ``[bsz, response_len]``, nonzero for policy tokens.
-        rho: fraction of tokens kept, in (0, 1]; 1 keeps every valid token.
-        dp_group: optional process group; when torch.distributed is initialised with more
-            than one rank in it, the threshold is computed over all ranks' valid tokens.
-
-    Returns:
-        ``[bsz, response_len]`` bool tensor, a subset of ``response_mask``.
-    """
-    valid = response_mask.bool()
-    if rho >= 1.0:
-        return valid
-    ent = entropy.detach().float()
-    values = ent[valid]
+def gathered_top_entropy_mask(entropy: torch.Tensor, response_mask: torch.Tensor, rho: float,
+                              dp_group=None) -> torch.Tensor:
+    """Bool mask of the valid tokens whose entropy is in the top ``rho`` fraction: the one
+    top-rho rule (:func:`searchgym.metrics.entropy.top_entropy_mask`), with the threshold
+    taken over every data-parallel rank's valid tokens when ``dp_group`` has more than one
+    rank (``[bsz, response_len]`` in and out, a subset of ``response_mask``)."""
+    values = None
     if dp_group is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         if torch.distributed.get_world_size(group=dp_group) > 1:
-            values = _gather_valid(values, dp_group)
-    if values.numel() == 0:
-        return valid
-    # torch.quantile refuses inputs above 2**24 elements; kthvalue gives the same order statistic.
-    if values.numel() <= 2**24:
-        tau = torch.quantile(values, 1.0 - rho)
-    else:
-        k = max(1, int((1.0 - rho) * values.numel()))
-        tau = values.kthvalue(k).values
-    return valid & (ent >= tau)
+            values = _gather_valid(entropy.detach().float()[response_mask.bool()], dp_group)
+    return top_entropy_mask(entropy, response_mask, rho, threshold_values=values)
 
 
 def _apply_to_advantages(advantages: torch.Tensor, keep_padded: torch.Tensor) -> torch.Tensor:
@@ -142,7 +125,7 @@ def forking_ppo_loss(config, model_output, data, dp_group=None):
     padded = data.select("response_mask", "advantages").to_padded_tensor()
     mask = padded["response_mask"]
     # Nested inputs pad to the micro-batch's longest response, the entropy to the batch's.
-    keep = top_entropy_mask(ent[:, : mask.shape[1]], mask, rho, dp_group=dp_group)
+    keep = gathered_top_entropy_mask(ent[:, : mask.shape[1]], mask, rho, dp_group=dp_group)
     # Shallow copy: the micro-batch may be reused across PPO epochs; never mutate it.
     masked = data.copy()
     masked["advantages"] = _apply_to_advantages(data["advantages"], keep)
