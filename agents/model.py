@@ -15,17 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
-# The tag vocabulary of the Search-R1 protocol. Each is one added token.
-TAGS = (
-    "<think>",
-    "</think>",
-    "<search>",
-    "</search>",
-    "<answer>",
-    "</answer>",
-    "<information>",
-    "</information>",
-)
+from searchgym.envs.protocol import TAGS  # the protocol's tags; each is one added token
+
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from searchgym.agents.policy import EpisodeState
+from searchgym.envs.protocol import ANSWER, CORRECTIVE, INFORMATION, PROMPT, SEARCH, THINK, tagged
 
 # The canonical strategy of each family (the `narrow` demonstration set).
 CANONICAL = {"single_hop": "direct", "multi_hop": "forward", "multi_answer": "forward", "comparison": "a_first"}
@@ -118,7 +119,7 @@ class ScriptedPolicy:
             elif k < len(strat.steps):
                 query = oracle_query(q, strat, k, obs)
                 if query is not None:
-                    out.append(f"<think>{self._think(strat, k, query, rng)}</think>\n<search>{query}</search>")
+                    out.append(f"{tagged(THINK, self._think(strat, k, query, rng))}\n{tagged(SEARCH, query)}")
                     continue
             ans = oracle_answer(q, obs)
             if ans is None:
@@ -128,11 +129,11 @@ class ScriptedPolicy:
                 query = self._fallback_query(st, obs)
                 if query is not None:
                     st.meta["fallback"] = True
-                    out.append(f"<think>{rng.choice(_NEXT).format(need=query)}</think>\n<search>{query}</search>")
+                    out.append(f"{tagged(THINK, rng.choice(_NEXT).format(need=query))}\n{tagged(SEARCH, query)}")
                     continue
-                out.append(f"<think>{rng.choice(_GIVE_UP)}</think>\n<answer>unknown</answer>")
+                out.append(f"{tagged(THINK, rng.choice(_GIVE_UP))}\n{tagged(ANSWER, 'unknown')}")
             else:
-                out.append(f"<think>{rng.choice(_ANSWER).format(ans=ans)}</think>\n<answer>{ans}</answer>")
+                out.append(f"{tagged(THINK, rng.choice(_ANSWER).format(ans=ans))}\n{tagged(ANSWER, ans)}")
         return out
 
     @staticmethod
@@ -179,9 +180,9 @@ def template_texts() -> list[str]:
     """Every think template with placeholder fillers (tokenizer training text)."""
     out = []
     for pool in (_FIRST, _NEXT, _CONFIRM, _REVERSE, _COMBINED):
-        out += [f"<think>{t.format(need='the birthplace of someone')}</think>\n<search>x</search>" for t in pool]
-    out += [f"<think>{t.format(ans='it')}</think>\n<answer>it</answer>" for t in _ANSWER]
-    out += [f"<think>{t}</think>\n<answer>unknown</answer>" for t in _GIVE_UP]
+        out += [f"{tagged(THINK, t.format(need='the birthplace of someone'))}\n{tagged(SEARCH, 'x')}" for t in pool]
+    out += [f"{tagged(THINK, t.format(ans='it'))}\n{tagged(ANSWER, 'it')}" for t in _ANSWER]
+    out += [f"{tagged(THINK, t)}\n{tagged(ANSWER, 'unknown')}" for t in _GIVE_UP]
     return out
 
 
@@ -202,9 +203,7 @@ def tokenizer_training_texts(world_dir: str | Path) -> list[str]:
             continue
         texts += [q.question for q in qs]
         texts += [" ".join(q.golden_answers) for q in qs]
-    from searchgym.envs.env import CORRECTIVE, PROMPT
-
     texts += [PROMPT.format(question=q) for q in texts[-50:]] + [CORRECTIVE] * 5
     texts += template_texts() * 20
-    texts.append("\n\n<information>Doc 1(Title: T) text\nDoc 2(Title: U) text</information>\n\n")
+    texts.append(f"\n\n{tagged(INFORMATION, 'Doc 1(Title: T) text' + chr(10) + 'Doc 2(Title: U) text')}\n\n")
     return texts

@@ -59,6 +59,13 @@ WORLD_TASKS = {
     "MultiAnswer-v0": ("multi_answer",),
     "Mixed-v0": ("single_hop", "multi_hop", "comparison", "multi_answer"),
 }
+#: Question family -> the built-in id serving it alone; ``mixed`` (and ``""``) -> every family.
+FAMILY_ENV = {
+    "": f"{NAMESPACE}/Mixed-v0",
+    "mixed": f"{NAMESPACE}/Mixed-v0",
+    **{fams[0]: f"{NAMESPACE}/{name}" for name, fams in WORLD_TASKS.items() if len(fams) == 1},
+    "multihop": f"{NAMESPACE}/MultiHop-v0",  # older spelling, kept for configs that use it
+}
 PROMPTS = ("dataset", "searchgym")
 #: EnvConfig defaults of external tasks: whole passages (Search-R1 returns them whole), each
 #: bounded at 2000 characters, and room for topk 3 of them in one observation.
@@ -563,6 +570,18 @@ def make_batch(env_id: str, n: int, **kwargs) -> list[SearchEnv]:
     for _ in range(n - 1):
         out.append(SearchEnv(first.questions, first.retriever, first.config, split=first.split))
     return out
+
+
+def family_env_id(family: str) -> str:
+    """The env id of a question family (:data:`FAMILY_ENV`); a ``searchgym/...`` id is
+    returned as it is. ``ValueError`` naming the families otherwise."""
+    if family.startswith(f"{NAMESPACE}/"):
+        return family
+    try:
+        return FAMILY_ENV[family]
+    except KeyError:
+        raise ValueError(f"unknown question family {family!r}; choose from {sorted(k for k in FAMILY_ENV if k)}") \
+            from None
 
 
 def list_envs() -> list[str]:

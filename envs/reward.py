@@ -1,21 +1,15 @@
-"""Rewards: Search-R1's answer normalisation, exact match and token F1 over a gold list."""
+"""Rewards: exact match and token F1 over a gold list, on Search-R1's answer normalisation
+(:func:`searchgym.metrics.diversity.normalize_answer`)."""
 
 from __future__ import annotations
 
-import re
-import string
 from collections import Counter
 from typing import Callable, Sequence
 
-_PUNCT = set(string.punctuation)
+# One normalisation for rewards and diversity metrics; metrics stands alone, so it lives there.
+from searchgym.metrics.diversity import normalize_answer
 
-
-def normalize_answer(s: str) -> str:
-    """Lowercase, drop punctuation, the articles a/an/the and extra whitespace (Search-R1)."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in _PUNCT)
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
+__all__ = ["REWARDS", "em_score", "f1_score", "get_reward", "normalize_answer"]
 
 
 def em_score(prediction: str, golden_answers: Sequence[str]) -> float:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from searchgym.envs.reward import normalize_answer
 from searchgym.envs.tasks import Question
+from searchgym.metrics.diversity import normalize_answer
 
 OUTCOMES = ("correct", "wrong", "noanswer")
 

@@ -187,11 +187,14 @@ def query_diversity(queries: Sequence[str]) -> dict[str, float]:
     }
 
 
+_PUNCT = frozenset(string.punctuation)
+
+
 def normalize_answer(s: str) -> str:
     """SQuAD/Search-R1 answer normalisation: lower-case, drop punctuation and articles,
     collapse whitespace."""
     s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = "".join(ch for ch in s if ch not in _PUNCT)
     s = re.sub(r"\b(a|an|the)\b", " ", s)
     return " ".join(s.split())
 

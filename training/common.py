@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from searchgym.envs.registry import family_env_id  # noqa: F401 - re-exported (__all__)
 from searchgym.retrieval.fileio import atomic_dir
 
 __all__ = ["set_threads", "load_model", "make_optimizer", "make_scheduler", "family_env_id", "make_envs",
@@ -16,16 +17,6 @@ __all__ = ["set_threads", "load_model", "make_optimizer", "make_scheduler", "fam
 
 #: File written next to a trained model: which world it was trained on, config, results.
 TRAIN_INFO = "searchgym_train.json"
-
-_FAMILY_ENV = {
-    "": "searchgym/Mixed-v0",
-    "mixed": "searchgym/Mixed-v0",
-    "single_hop": "searchgym/SingleHop-v0",
-    "multi_hop": "searchgym/MultiHop-v0",
-    "multihop": "searchgym/MultiHop-v0",
-    "comparison": "searchgym/Comparison-v0",
-    "multi_answer": "searchgym/MultiAnswer-v0",
-}
 
 
 def set_threads(n: int) -> None:
@@ -78,16 +69,6 @@ def make_scheduler(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio:
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def family_env_id(family: str) -> str:
-    if family.startswith("searchgym/"):
-        return family
-    try:
-        return _FAMILY_ENV[family]
-    except KeyError:
-        raise ValueError(f"unknown question family {family!r}; choose from {sorted(k for k in _FAMILY_ENV if k)}") \
-            from None
 
 
 def make_envs(family: str, n: int, split: str, world: str = "", max_turns: int = 5, retriever: str = "", **kw):

@@ -34,6 +34,7 @@ def write_public_dataset(out: Path, seed: int = 0) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from searchgym.envs.protocol import PROMPT
     from searchgym.envs.world import WorldConfig, generate_world
     from searchgym.retrieval.fileio import atomic_path, atomic_write_text
 
@@ -45,9 +46,7 @@ def write_public_dataset(out: Path, seed: int = 0) -> Path:
             f.write(json.dumps({"id": d.doc_id, "contents": d.contents}, ensure_ascii=False) + "\n")
     for split in ("train", "test"):
         rows = [{"data_source": DATA_SOURCE,
-                 "prompt": [{"role": "user", "content": "Answer the given question. Search with <search> query "
-                             "</search>; results come back in <information> </information>. Answer inside <answer> "
-                             f"</answer>. Question: {q.question}\n"}],
+                 "prompt": [{"role": "user", "content": PROMPT.format(question=q.question)}],
                  "ability": "fact-reasoning",
                  "reward_model": {"style": "rule", "ground_truth": {"target": list(q.golden_answers)}},
                  "extra_info": {"split": split, "index": i}}
