@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -19,8 +20,15 @@ from pathlib import Path
 from typing import Sequence
 
 from searchgym.agents.episode import EpisodeTokens, tokenize_episode
+from searchgym.agents.policy import run_text_policy
 from searchgym.agents.record import EpisodeRecord
-from searchgym.agents.rollout import Trajectory
+from searchgym.agents.scripted import ScriptedPolicy
+from searchgym.agents.trajectory import Trajectory, question_count
+from searchgym.envs.env import EnvConfig, SearchEnv
+from searchgym.envs.world import ensure_index, load_questions, world_fingerprint
+from searchgym.metrics.diversity import normalized_entropy
+from searchgym.retrieval import load_retriever
+from searchgym.retrieval.fileio import atomic_write_text, read_jsonl
 
 KINDS = ("narrow", "diverse")
 _WORDS = re.compile(r"</?\w+>|\w+|[^\w\s]")
@@ -57,8 +65,6 @@ def demo_tokens(tokenizer, record: dict) -> EpisodeTokens:
 def read_demo_lines(path: str | Path) -> list:
     """The parsed lines of a demonstration JSONL file. Demo files are written atomically,
     so a torn or non-JSON line is corruption: it raises naming file:line (never dropped)."""
-    from searchgym.retrieval.fileio import read_jsonl
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"demonstration file not found: {path}")
@@ -71,8 +77,6 @@ def read_demo_lines(path: str | Path) -> list:
 def check_demos_world(records: Sequence[dict], path: str | Path, world_dir: str | Path) -> None:
     """Raise ValueError if demos recorded a world (``"world"``) other than ``world_dir``'s.
     Lines without the field (files from before it existed) are not checked."""
-    from searchgym.envs.world import world_fingerprint
-
     want = world_fingerprint(world_dir)
     for i, r in enumerate(records, start=1):
         got = r.get("world") if isinstance(r, dict) else None
@@ -116,10 +120,6 @@ class DemoConfig:
 
 def world_envs(world_dir: str | Path, split: str, n: int, index_kind: str = "dense", max_turns: int = 5):
     """``n`` SearchEnvs over a world's split sharing one retriever."""
-    from searchgym.envs.env import EnvConfig, SearchEnv
-    from searchgym.envs.world import ensure_index, load_questions
-    from searchgym.retrieval import load_retriever
-
     world_dir = Path(world_dir)
     if not (world_dir / "corpus.jsonl").is_file():
         raise FileNotFoundError(f"not a world folder (no corpus.jsonl): {world_dir}")
@@ -135,18 +135,11 @@ def build_matched(world_dir: str | Path, n: int, split: str = "train", seed: int
                   index_kind: str = "dense", batch_size: int = 64, max_turns: int = 5,
                   envs=None, tokenizer=None) -> dict[str, list[dict]]:
     """Both sets, matched slot by slot: ``{"narrow": [...], "diverse": [...]}``."""
-    from searchgym.agents.policy import run_text_policy
-    from searchgym.agents.scripted import ScriptedPolicy
-
-    import random
-
     envs = envs or world_envs(world_dir, split, batch_size, index_kind, max_turns)
     world = None
     if world_dir is not None and (Path(world_dir) / "manifest.json").is_file():
-        from searchgym.envs.world import world_fingerprint
-
         world = world_fingerprint(world_dir)
-    nq = len(envs[0].unwrapped.questions)
+    nq = question_count(envs[0])
     order = list(range(nq))
     random.Random(f"demos/{seed}").shuffle(order)  # spread slots over every family
     pols = {"narrow": ScriptedPolicy("canonical", seed=seed), "diverse": ScriptedPolicy("mixture", seed=seed)}
@@ -195,8 +188,6 @@ def _balance(pool: list[tuple[dict, dict]], n: int, tol: float = 0.05) -> list[t
 def set_summary(records: Sequence[dict | EpisodeRecord], support: int | None = None) -> dict:
     """Count, success rate, token counts, strategy distribution and normalised signature
     entropy (overall, over ``support`` possible signatures, and mean within family)."""
-    from searchgym.metrics.diversity import normalized_entropy
-
     recs = [r if isinstance(r, EpisodeRecord) else EpisodeRecord.from_json(r) for r in records]
     n = len(recs)
     sigs = [r.signature for r in recs]
@@ -239,6 +230,4 @@ def format_summary(summ: dict[str, dict]) -> str:
 
 
 def write_demos(records: Sequence[dict], out: str | Path) -> None:
-    from searchgym.retrieval.fileio import atomic_write_text
-
     atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

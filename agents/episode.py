@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from searchgym.envs.protocol import TAGS
+
 # Per-token segment labels (the metrics contract): the tag context a token sits in.
 SEGMENT_LABELS = ("think", "query", "answer", "other")
 _OPEN = {"<think>": "think", "<search>": "query", "<answer>": "answer"}
@@ -73,8 +75,6 @@ def tokenize_episode(tokenizer, prompt: str, turns: list[tuple[str, str | None]]
 
 def tag_ids(tokenizer) -> dict[str, int]:
     """Ids of the protocol tags that are single tokens in this tokenizer."""
-    from searchgym.agents.model import TAGS
-
     out = {}
     for tag in TAGS:
         ids = tokenizer.encode(tag, add_special_tokens=False)

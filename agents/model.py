@@ -15,7 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
+from searchgym.agents.scripted import tokenizer_training_texts
 from searchgym.envs.protocol import TAGS  # the protocol's tags; each is one added token
+from searchgym.envs.world import load_entities
+from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 
@@ -139,8 +142,6 @@ def count_parameters(model) -> int:
 def world_entity_names(world_dir: str | Path) -> list[str]:
     """Every entity name and attribute value (years, counts) of a world, from its
     ``kg.json``; empty if the folder has none. These become whole tokens."""
-    from searchgym.envs.world import load_entities
-
     if not (Path(world_dir) / "kg.json").exists():
         return []
     ents = load_entities(world_dir).values()
@@ -155,8 +156,6 @@ def world_entity_names(world_dir: str | Path) -> list[str]:
 def world_texts(world_dir: str | Path) -> list[str]:
     """Texts to train the tokenizer on: every corpus passage and question of a world, plus
     prompts and templated demonstration text so tags and think phrases tokenise well."""
-    from searchgym.agents.scripted import tokenizer_training_texts
-
     return tokenizer_training_texts(world_dir)
 
 
@@ -169,8 +168,6 @@ def init_model(
     Give either ``texts`` or ``world_dir``. Returns a summary dict (parameter count,
     vocabulary size, preset).
     """
-    from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
-
     p = get_preset(preset)
     if texts is None:
         if world_dir is None:

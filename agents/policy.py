@@ -9,42 +9,17 @@ either kind over envs with one ``step_batch`` call per turn and returns
 
 from __future__ import annotations
 
+import json
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
-from searchgym.agents.rollout import (
-    RolloutConfig,
-    RolloutEngine,
-    Trajectory,
-    default_step_batch,
-    finish_from_info,
-    question_of,
-    valid_strategy_names,
-    turn_record,
-)
-
-
-@dataclass
-class EpisodeState:
-    """What a text policy sees of one live episode."""
-
-    prompt: str
-    info: dict
-    question: Any = None
-    """The env's ``Question`` record when the env exposes it (``env.unwrapped.questions``)."""
-    turns: list[dict] = field(default_factory=list)
-    episode_index: int = 0
-    max_turns: int | None = None
-    """The env's turn limit when known (``env.unwrapped.config.max_turns``)."""
-    meta: dict = field(default_factory=dict)
-    """Per-episode notes a policy keeps (scripted agents store ``scripted_strategy``)."""
-
-    @property
-    def observations(self) -> list[str]:
-        """Observations returned for the searches so far, in order."""
-        return [t["observation"] or "" for t in self.turns if t.get("kind") == "search"]
+from searchgym.agents.model import load_model
+from searchgym.agents.rollout import RolloutConfig, RolloutEngine
+from searchgym.agents.scripted import ScriptedPolicy
+from searchgym.agents.trajectory import EpisodeRun, EpisodeState, Trajectory, question_count, question_of, step_runs
+from searchgym.envs import make_batch
+from searchgym.retrieval.fileio import atomic_write_text
 
 
 @runtime_checkable
@@ -92,8 +67,6 @@ class LMPolicy:
 
     @classmethod
     def from_path(cls, path: str | Path, config: RolloutConfig | None = None) -> "LMPolicy":
-        from searchgym.agents.model import load_model
-
         model, tok = load_model(path)
         return cls(model, tok, config, name=str(path))
 
@@ -104,44 +77,29 @@ class LMPolicy:
 def run_text_policy(policy: Policy, envs: Sequence, reset_options: Sequence[dict | None],
                     group_ids: Sequence | None = None, episode_indices: Sequence[int] | None = None,
                     step_batch: Callable | None = None) -> list[Trajectory]:
-    """Run one episode per env with a text policy; one ``step_batch`` call per turn."""
-    step_batch = step_batch or default_step_batch
+    """Run one episode per env with a text policy; one ``step_batch`` call per turn
+    (:func:`~searchgym.agents.trajectory.step_runs`, the turn step of every loop)."""
     n = len(envs)
     episode_indices = list(episode_indices) if episode_indices is not None else list(range(n))
-    states, trajs = [], []
+    name = getattr(policy, "name", type(policy).__name__)
+    runs, states = [], []
     for i, env in enumerate(envs):
         prompt, info = env.reset(options=reset_options[i])
-        qid = str(info.get("question_id", i))
-        q = question_of(env, info)
-        mt = getattr(getattr(getattr(env, "unwrapped", env), "config", None), "max_turns", None)
-        states.append(EpisodeState(prompt, dict(info), q, [], episode_indices[i], max_turns=mt))
-        trajs_meta = states[-1].meta
-        valid = valid_strategy_names(env, info)
-        trajs.append(Trajectory(
-            question_id=qid, group_id=group_ids[i] if group_ids is not None else qid, sample_index=0,
-            prompt=prompt, golden_answers=_listify(info.get("golden_answers")),
-            valid_strategies=valid, family=info.get("family"), split=info.get("split"),
-            policy=getattr(policy, "name", type(policy).__name__), meta=trajs_meta))
-    rewards = [0.0] * n
+        run = EpisodeRun.start(env, prompt, info, group_id=None if group_ids is None else group_ids[i],
+                               episode_index=episode_indices[i], policy=name)
+        # the policy's notes are the trajectory's meta; its turns are the trajectory's turns
+        states.append(EpisodeState(prompt, dict(info), question_of(info), run.traj.turns, episode_indices[i],
+                                   max_turns=info.get("max_turns"), meta=run.traj.meta))
+        runs.append(run)
     live = list(range(n))
     while live:
         actions = policy.act([states[i] for i in live])
         if len(actions) != len(live):
             raise ValueError(f"policy {policy.name!r} returned {len(actions)} actions for {len(live)} episodes")
-        results = step_batch([envs[i] for i in live], actions)
-        still = []
-        for i, action, (obs, reward, term, trunc, info) in zip(live, actions, results):
-            rewards[i] += float(reward)
-            ended = term or trunc
-            rec = turn_record(action, None if ended else obs, info, reward)
-            trajs[i].turns.append(rec)
-            states[i].turns.append(rec)
-            if ended:
-                finish_from_info(trajs[i], info, rewards[i], term, trunc)
-            else:
-                still.append(i)
-        live = still
-    return trajs
+        results = step_runs([runs[i] for i in live], actions, step_batch)
+        live = [i for i, action, (obs, reward, term, trunc, info) in zip(live, actions, results)
+                if not runs[i].record(action, None if (term or trunc) else obs, reward, term, trunc, info)]
+    return [r.traj for r in runs]
 
 
 def run_policy(policy, envs: Sequence, question_indices: Sequence[int], n: int = 1,
@@ -187,8 +145,6 @@ def make_policy(spec: str, config: RolloutConfig | None = None, seed: int = 0):
     if spec == "random":
         return RandomPolicy(seed=seed)
     if spec.startswith("scripted:"):
-        from searchgym.agents.scripted import ScriptedPolicy
-
         return ScriptedPolicy(spec.split(":", 1)[1], seed=seed)
     path = Path(spec)
     if not path.exists():
@@ -202,13 +158,8 @@ def evaluate(policy, env_id: str, split: str = "test", num_questions: int = 100,
     """Run ``policy`` on the first ``num_questions`` questions of ``split`` of ``env_id``;
     write one JSONL record per episode to ``out`` (atomically) and return (trajectories,
     summary)."""
-    import json
-
-    from searchgym.envs import make_batch
-    from searchgym.retrieval.fileio import atomic_write_text
-
     envs = make_batch(env_id, max(1, batch_size), split=split, **(env_kwargs or {}))
-    total = len(envs[0].unwrapped.questions)
+    total = question_count(envs[0])
     if total == 0:
         raise ValueError(f"{env_id} has no questions in split {split!r}")
     q = list(range(min(num_questions, total)))
@@ -219,6 +170,3 @@ def evaluate(policy, env_id: str, split: str = "test", num_questions: int = 100,
         atomic_write_text(out, "".join(json.dumps(t.to_record(), ensure_ascii=False) + "\n" for t in trajs))
     return trajs, summary
 
-
-def _listify(x):
-    return None if x is None else list(x)

@@ -36,13 +36,19 @@ round-off in the logits.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
 from searchgym.agents.episode import encode_prompt, encode_text, segment_labels, tag_ids
-from searchgym.agents.record import EpisodeRecord
+from searchgym.agents.trajectory import (  # noqa: F401  (Trajectory & co. are also public here)
+    EpisodeRun,
+    Trajectory,
+    finish_from_info,
+    step_runs,
+    turn_record,
+)
 
 
 @dataclass
@@ -117,166 +123,13 @@ def resolve_hidden_layer(hidden_layer: int | float, num_layers: int) -> int:
     return idx
 
 
-@dataclass
-class Trajectory:
-    """One episode, token-level and text-level.
-
-    Response arrays (``response_ids``, ``loss_mask``, ``logprobs``, ``entropies``,
-    ``segments``) have one entry per token after the prompt; ``loss_mask`` is 1 on policy
-    tokens (sampled by the policy) and 0 on observation tokens, whose ``logprobs`` and
-    ``entropies`` are 0. ``hidden_states`` (when requested) is ``[num_policy_tokens, d]``
-    float32, in policy-token order. ``layer_states`` (with ``RolloutConfig.hidden_layer``)
-    is ``[num_policy_tokens, d]`` float32 too: the state of layer ``hidden_layer`` (resolved
-    index into an HF forward's ``hidden_states``) at each policy token's own position, and
-    ``step_ids`` gives each policy token its reasoning step
-    (``searchgym.metrics.graph.reasoning_step_ids``; -1 = in no step). ``turns`` holds
-    one dict per env step (see ``Turn``). Text policies (scripted, random) fill the text fields and leave the token
-    arrays empty.
-    """
-
-    question_id: str
-    group_id: Any
-    sample_index: int
-    prompt: str
-    prompt_ids: list[int] = field(default_factory=list)
-    response_ids: list[int] = field(default_factory=list)
-    loss_mask: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    entropies: list[float] = field(default_factory=list)
-    segments: list[str] = field(default_factory=list)
-    hidden_states: np.ndarray | None = None
-    layer_states: np.ndarray | None = None
-    hidden_layer: int | None = None
-    step_ids: list[int] | None = None
-    turns: list[dict] = field(default_factory=list)
-    reward: float = 0.0
-    correct: bool | None = None
-    answer: str | None = None
-    signature: str | None = None
-    strategy: str | None = None
-    valid_strategies: list[str] | None = None
-    golden_answers: list[str] | None = None
-    family: str | None = None
-    split: str | None = None
-    terminated: bool = False
-    truncated: bool = False
-    budget_exhausted: bool = False
-    policy: str = ""
-    final_info: dict = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
-    """Policy-side notes (e.g. ``scripted_strategy``: the strategy a scripted agent ran)."""
-
-    # -- derived views -------------------------------------------------------------
-    @property
-    def num_policy_tokens(self) -> int:
-        return int(sum(self.loss_mask))
-
-    @property
-    def num_obs_tokens(self) -> int:
-        return len(self.loss_mask) - self.num_policy_tokens
-
-    @property
-    def queries(self) -> list[str]:
-        return [t["query"] for t in self.turns if t.get("kind") == "search" and t.get("query") is not None]
-
-    @property
-    def doc_ids(self) -> list[list[str]]:
-        return [list(t.get("doc_ids") or []) for t in self.turns if t.get("kind") == "search"]
-
-    @property
-    def num_searches(self) -> int:
-        return len(self.queries)
-
-    @property
-    def format_errors(self) -> int:
-        return sum(1 for t in self.turns if t.get("format_error"))
-
-    @property
-    def transcript(self) -> str:
-        """Prompt, then each turn's action text and observation text, as the model saw it."""
-        parts = [self.prompt]
-        for t in self.turns:
-            parts.append(t["action"])
-            if t.get("observation"):
-                parts.append(t["observation"])
-        return "".join(parts)
-
-    def to_record(self, include_tokens: bool = True) -> dict:
-        """The eval JSONL line: :class:`~searchgym.agents.record.EpisodeRecord` JSON."""
-        return EpisodeRecord.from_trajectory(self).to_json(include_tokens)
-
-    def step_record(self) -> dict:
-        """The reasoning-graph fields of the eval record: ``hidden_layer``, ``step_vectors``
-        (one mean ``layer_states`` row per step, 6 decimals) and ``step_kinds`` (the
-        segment of each step: think|query|answer)."""
-        from searchgym.metrics.graph import step_vectors_from_tokens
-
-        pol = [s for s, m in zip(self.segments, self.loss_mask) if m]
-        vecs, kinds = step_vectors_from_tokens(self.layer_states, self.step_ids, pol)
-        return {"hidden_layer": self.hidden_layer,
-                "step_vectors": np.round(vecs.astype(np.float64), 6).tolist(),
-                "step_kinds": kinds}
-
-
-def finish_from_info(traj: Trajectory, info: dict, reward_total: float, terminated: bool, truncated: bool) -> None:
-    """Copy the env's end-of-episode info into the trajectory."""
-    traj.reward = float(reward_total)
-    traj.terminated, traj.truncated = bool(terminated), bool(truncated)
-    traj.final_info = {k: v for k, v in info.items() if _jsonable(v)}
-    traj.signature = _as_str(info.get("signature"))
-    traj.strategy = info.get("strategy")
-    if "correct" in info:
-        traj.correct = bool(info["correct"])
-    if traj.valid_strategies is None and info.get("valid_strategies") is not None:
-        traj.valid_strategies = list(info["valid_strategies"])
-    ans = [t.get("answer") for t in traj.turns if t.get("kind") == "answer"]
-    traj.answer = ans[-1] if ans else None
-
-
-def _as_str(sig) -> str | None:
-    if sig is None or isinstance(sig, str):
-        return sig
-    if isinstance(sig, (list, tuple)):
-        return "|".join(map(str, sig))
-    return str(sig)
-
-
-def _jsonable(v) -> bool:
-    return isinstance(v, (str, int, float, bool, type(None), list, dict, tuple))
-
-
-def turn_record(action: str, obs: str | None, info: dict, reward: float, **extra) -> dict:
-    """One env step of a trajectory, as stored in ``Trajectory.turns``."""
-    kind = info.get("action", "invalid")
-    rec = {
-        "action": action,
-        "kind": kind,
-        "query": info.get("query"),
-        "doc_ids": list(info.get("doc_ids") or []),
-        "answer": info.get("answer"),
-        "format_error": bool(info.get("format_error", kind == "invalid")),
-        "observation": obs,
-        "reward": float(reward),
-    }
-    rec.update(extra)
-    return rec
-
-
-def default_step_batch(envs, actions):
-    """``searchgym.envs.step_batch`` (one retriever call for all searches)."""
-    from searchgym.envs.env import step_batch
-
-    return step_batch(envs, actions)
-
-
 class _Row:
-    """Mutable state of one episode inside the engine."""
+    """Engine state of one live episode (its :class:`EpisodeRun` and KV cache)."""
 
-    __slots__ = ("env", "traj", "seq", "n_cached", "kv", "gen", "turn_ids", "stop",
-                 "hidden", "layer", "unread", "reward_total", "done", "index")
+    __slots__ = ("run", "seq", "n_cached", "kv", "gen", "turn_ids", "stop", "hidden", "layer", "unread", "index")
 
-    def __init__(self, env, traj, prompt_ids, gen, index):
-        self.env, self.traj, self.gen, self.index = env, traj, gen, index
+    def __init__(self, run: EpisodeRun, prompt_ids, gen, index):
+        self.run, self.gen, self.index = run, gen, index
         self.seq = list(prompt_ids)
         self.n_cached = 0
         self.kv = None  # list of (keys [1,H,L,D], values) per layer, L = n_cached
@@ -285,32 +138,36 @@ class _Row:
         self.hidden: list[np.ndarray] = []
         self.layer: list[np.ndarray] = []
         self.unread = False  # the last sampled token has not been fed to the model yet
-        self.reward_total = 0.0
-        self.done = False
+
+    @property
+    def traj(self) -> Trajectory:
+        return self.run.traj
 
 
 class RolloutEngine:
     """Batched multi-turn generation against gymnasium search envs.
 
     ``model`` is any HF causal LM (``AutoModelForCausalLM``), ``tokenizer`` its tokenizer.
-    ``step_batch(envs, actions)`` defaults to ``searchgym.envs.step_batch``.
+    ``step_batch(envs, actions)`` defaults to ``searchgym.envs.step_batch`` (:func:`step_runs`).
     """
 
     def __init__(self, model, tokenizer, config: RolloutConfig | None = None,
                  step_batch: Callable | None = None):
+        # torch, transformers and verl load with the engine (+1.8 s, python -X importtime), not
+        # with `import searchgym.agents.rollout`: its configs and the text policies need none
         import torch
+        from verl.utils.torch_functional import entropy_from_logits
 
-        # torch/transformers load with the engine, not with `import searchgym.agents.rollout`
-        # (Trajectory users such as scripted agents need neither)
         from searchgym.agents import decoding
 
         self.decoding = decoding
+        self._entropy_from_logits = entropy_from_logits
 
         self.torch = torch
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or RolloutConfig()
-        self.step_batch = step_batch or default_step_batch
+        self.step_batch = step_batch
         tags = tag_ids(tokenizer)
         stops = {tags[t] for t in ("</search>", "</answer>") if t in tags}
         if len(stops) < 2:
@@ -390,19 +247,14 @@ class RolloutEngine:
         torch = self.torch
         cfg = self.config
         rows: list[_Row] = []
+        policy = getattr(self.model, "name_or_path", "") or type(self.model).__name__
         for i, env in enumerate(envs):
             prompt, info = env.reset(seed=reset_seeds[i], options=reset_options[i])
             pids = encode_prompt(self.tokenizer, prompt)
-            qid = str(info.get("question_id", episode_indices[i]))
-            traj = Trajectory(
-                question_id=qid, group_id=group_ids[i] if group_ids is not None else qid,
-                sample_index=0, prompt=prompt, prompt_ids=pids,
-                golden_answers=_list_or_none(info.get("golden_answers")),
-                valid_strategies=valid_strategy_names(env, info),
-                family=info.get("family"), split=info.get("split"),
-                policy=getattr(self.model, "name_or_path", "") or type(self.model).__name__)
+            run = EpisodeRun.start(env, prompt, info, group_id=None if group_ids is None else group_ids[i],
+                                   episode_index=episode_indices[i], policy=policy, prompt_ids=pids)
             g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + int(episode_indices[i])) % (2**63))
-            rows.append(_Row(env, traj, pids, g, i))
+            rows.append(_Row(run, pids, g, i))
         was_training = self.model.training
         self.model.eval()
         try:
@@ -415,7 +267,7 @@ class RolloutEngine:
                     self.timings["generate_s"] += t1 - t0
                     self._env_round(active)
                     self.timings["env_s"] += time.perf_counter() - t1
-                    active = [r for r in active if not r.done]
+                    active = [r for r in active if not r.run.done]
                 if self.layer_index is not None:
                     t0 = time.perf_counter()
                     self._read_last_tokens(rows)
@@ -473,9 +325,8 @@ class RolloutEngine:
     def _env_round(self, rows: list[_Row]) -> None:
         cfg = self.config
         actions = [self.tokenizer.decode(r.turn_ids, skip_special_tokens=True) for r in rows]
-        results = self.step_batch([r.env for r in rows], actions)
+        results = step_runs([r.run for r in rows], actions, self.step_batch)
         for r, action, (obs, reward, term, trunc, info) in zip(rows, actions, results):
-            r.reward_total += float(reward)
             tr = r.traj
             obs_ids = encode_text(self.tokenizer, obs) if (obs and not (term or trunc)) else []
             if cfg.max_obs_tokens and len(obs_ids) > cfg.max_obs_tokens:
@@ -484,14 +335,10 @@ class RolloutEngine:
             # Room for the observation and at least one more policy token.
             over = bool(obs_ids) and used + len(obs_ids) + 1 > cfg.max_response_tokens
             out_of_budget = r.stop == "budget" and used >= cfg.max_response_tokens
-            tr.turns.append(turn_record(
-                action, obs if obs_ids and not over else None, info, reward,
-                stop=r.stop, num_policy_tokens=len(r.turn_ids),
-                num_obs_tokens=0 if over else len(obs_ids)))
-            if term or trunc or over or out_of_budget or not obs_ids:
-                tr.budget_exhausted = bool(over or out_of_budget) and not (term or trunc)
-                finish_from_info(tr, info, r.reward_total, term, trunc)
-                r.done = True
+            if r.run.record(action, obs if obs_ids and not over else None, reward, term, trunc, info,
+                            end=over or out_of_budget or not obs_ids, budget_exhausted=over or out_of_budget,
+                            stop=r.stop, num_policy_tokens=len(r.turn_ids),
+                            num_obs_tokens=0 if over else len(obs_ids)):
                 continue
             if cfg.max_obs_tokens and obs_ids:
                 tr.turns[-1]["observation"] = self.tokenizer.decode(obs_ids)
@@ -664,12 +511,10 @@ class RolloutEngine:
     def _sample(self, logits, rows: list[_Row]):
         """(token ids, log-probs, entropies) for each row's next token."""
         torch = self.torch
-        from verl.utils.torch_functional import entropy_from_logits
-
         cfg = self.config
         scaled = logits if cfg.greedy else logits / cfg.temperature
         logp = torch.log_softmax(scaled, dim=-1)
-        ent = entropy_from_logits(scaled)
+        ent = self._entropy_from_logits(scaled)
         if cfg.greedy:
             tok = scaled.argmax(dim=-1)
         else:
@@ -700,6 +545,7 @@ def trajectory_step_ids(tokenizer, traj: Trajectory, newline_cache: dict[int, bo
     """Reasoning-step id of each policy token of a token-level trajectory (the rule of
     ``searchgym.metrics.graph.reasoning_step_ids``: segments from ``traj.segments``, newline
     = the token's decoded text contains "\n"). ``newline_cache`` memoises per token id."""
+    # scipy + networkx (+130 ms, python -X importtime), only with layer states
     from searchgym.metrics.graph import reasoning_step_ids
 
     cache = newline_cache if newline_cache is not None else {}
@@ -717,7 +563,7 @@ def teacher_forced_layer_states(model, trajs: Sequence[Trajectory], hidden_layer
     layer ``hidden_layer`` (resolved as ``RolloutConfig.hidden_layer``) at each policy
     token's own position, ``[num_policy_tokens, d]`` float32. For another model on the same
     tokens (e.g. the untrained model as a content control) or for saved trajectories."""
-    import torch
+    import torch  # +1 s (python -X importtime): not for `import searchgym.agents.rollout`
 
     layer = resolve_hidden_layer(hidden_layer, model.config.get_text_config().num_hidden_layers)
     out: list[np.ndarray] = []
@@ -743,28 +589,6 @@ def teacher_forced_layer_states(model, trajs: Sequence[Trajectory], hidden_layer
     finally:
         model.train(was_training)
     return out
-
-
-def question_of(env, info: dict):
-    """The ``Question`` behind a reset ``info``, when the env keeps a question list."""
-    qs = getattr(getattr(env, "unwrapped", env), "questions", None)
-    idx = info.get("index")
-    if qs is None or idx is None:
-        return None
-    return qs[int(idx)]
-
-
-def valid_strategy_names(env, info: dict) -> list[str] | None:
-    """Names of the question's valid strategies (None for questions without any)."""
-    if info.get("valid_strategies") is not None:
-        return list(info["valid_strategies"])
-    q = question_of(env, info)
-    names = [s.name for s in getattr(q, "strategies", ()) or ()]
-    return names or None
-
-
-def _list_or_none(x):
-    return None if x is None else list(x)
 
 
 def config_dict(cfg: RolloutConfig) -> dict:

@@ -17,8 +17,11 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from searchgym.agents.policy import EpisodeState
+from searchgym.agents.trajectory import EpisodeState
 from searchgym.envs.protocol import ANSWER, CORRECTIVE, INFORMATION, PROMPT, SEARCH, THINK, tagged
+from searchgym.envs.strategies import oracle_answer, oracle_query
+from searchgym.envs.world import load_questions
+from searchgym.retrieval.base import read_corpus
 
 # The canonical strategy of each family (the `narrow` demonstration set).
 CANONICAL = {"single_hop": "direct", "multi_hop": "forward", "multi_answer": "forward", "comparison": "a_first"}
@@ -88,7 +91,7 @@ class ScriptedPolicy:
         """The strategy this episode follows (fixed at the first step)."""
         q = state.question
         if q is None:
-            raise ValueError("scripted agents need an env that exposes its questions (env.unwrapped.questions)")
+            raise ValueError("scripted agents need the episode's question record (info['question_record'])")
         names = [s.name for s in q.strategies]
         if self.strategy == "canonical":
             return canonical_strategy(q)
@@ -102,8 +105,6 @@ class ScriptedPolicy:
         return self.strategy in ("canonical", "mixture") or any(s.name == self.strategy for s in question.strategies)
 
     def act(self, states: Sequence[EpisodeState]) -> list[str]:
-        from searchgym.envs.strategies import oracle_answer, oracle_query
-
         out = []
         for st in states:
             if "scripted_strategy" not in st.meta:
@@ -138,8 +139,6 @@ class ScriptedPolicy:
 
     @staticmethod
     def _fallback_query(st: EpisodeState, obs: list[str]) -> str | None:
-        from searchgym.envs.strategies import oracle_query
-
         if st.max_turns is not None and len(st.turns) >= st.max_turns - 1:
             return None
         q = st.question
@@ -188,9 +187,6 @@ def template_texts() -> list[str]:
 
 def tokenizer_training_texts(world_dir: str | Path) -> list[str]:
     """Corpus passages, questions and the prompt/observation/think templates of a world."""
-    from searchgym.envs.world import load_questions
-    from searchgym.retrieval.base import read_corpus
-
     world_dir = Path(world_dir)
     corpus = world_dir / "corpus.jsonl"
     if not corpus.exists():
