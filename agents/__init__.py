@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "RolloutConfig": "rollout", "RolloutEngine": "rollout", "Trajectory": "rollout",
-    "Policy": "policy", "EpisodeState": "policy", "RandomPolicy": "policy", "LMPolicy": "policy",
-    "run_policy": "policy", "run_text_policy": "policy", "evaluate": "policy", "summarize": "policy",
+    "RolloutConfig": "rollout", "RolloutEngine": "rollout", "Trajectory": "trajectory",
+    "Policy": "policy", "EpisodeState": "trajectory", "RandomPolicy": "policy", "LMPolicy": "policy",
+    "run_policy": "policy", "run_text_policy": "policy", "evaluate": "policy", "evaluate_policy": "policy",
+    "evaluation_questions": "policy", "EpisodeRun": "trajectory", "step_runs": "trajectory", "summarize": "policy",
     "make_policy": "policy",
     "ScriptedPolicy": "scripted", "canonical_strategy": "scripted", "STRATEGY_NAMES": "scripted",
     "build_matched": "demos", "load_demos": "demos", "demo_tokens": "demos", "summarize_pair": "demos",

@@ -4,7 +4,9 @@ A text-level :class:`Policy` maps the states of a batch of live episodes to one 
 string each (scripted strategy agents, the random agent). :class:`LMPolicy` wraps an HF
 causal LM and runs through the token-level :class:`RolloutEngine`. ``run_policy`` drives
 either kind over envs with one ``step_batch`` call per turn and returns
-:class:`Trajectory` records; ``evaluate`` adds the JSONL output and the summary.
+:class:`Trajectory` records; ``evaluate_policy`` is the one evaluation core (every
+evaluation of the project runs through it); ``evaluate`` adds the JSONL output and the
+summary.
 """
 
 from __future__ import annotations
@@ -152,21 +154,42 @@ def make_policy(spec: str, config: RolloutConfig | None = None, seed: int = 0):
     return LMPolicy.from_path(path, config or RolloutConfig(greedy=True))
 
 
+def evaluate_policy(policy, envs: Sequence, questions: Sequence[int], n: int = 1) -> list[Trajectory]:
+    """The evaluation core, shared by ``evaluate`` (the CLI), ``training.common.evaluate``
+    (the trainers' greedy validation) and ``searchgym.evaluation.evaluate_fixed`` (the
+    experiment's measured evaluation): ``n`` episodes of each of ``questions`` by ``policy``
+    on ``envs`` (:func:`run_policy`). An :class:`LMPolicy`'s model runs in eval mode (the
+    engine generates under ``torch.inference_mode``); its train/eval mode is restored, even
+    on error. What a caller measures on the trajectories is its own."""
+    model = policy.model if isinstance(policy, LMPolicy) else None
+    was_training = bool(model is not None and model.training)
+    if model is not None:
+        model.eval()
+    try:
+        return run_policy(policy, envs, questions, n=n)
+    finally:
+        if model is not None:
+            model.train(was_training)
+
+
+def evaluation_questions(env, num_questions: int) -> list[int]:
+    """The first ``num_questions`` question indices of ``env`` (fewer if it has fewer)."""
+    return list(range(min(int(num_questions), question_count(env))))
+
+
 def evaluate(policy, env_id: str, split: str = "test", num_questions: int = 100, n: int = 1,
              batch_size: int = 64, out: str | Path | None = None, env_kwargs: dict | None = None,
              ) -> tuple[list[Trajectory], dict]:
-    """Run ``policy`` on the first ``num_questions`` questions of ``split`` of ``env_id``;
-    write one JSONL record per episode to ``out`` (atomically) and return (trajectories,
-    summary)."""
+    """Run ``policy`` on the first ``num_questions`` questions of ``split`` of ``env_id``
+    (:func:`evaluate_policy`); write one episode record (JSONL) per episode to ``out``
+    (atomically) and return (trajectories, summary)."""
     envs = make_batch(env_id, max(1, batch_size), split=split, **(env_kwargs or {}))
-    total = question_count(envs[0])
-    if total == 0:
+    q = evaluation_questions(envs[0], num_questions)
+    if not q:
         raise ValueError(f"{env_id} has no questions in split {split!r}")
-    q = list(range(min(num_questions, total)))
     envs = envs[:max(1, min(len(envs), len(q) * n))]
-    trajs = run_policy(policy, envs, q, n=n)
+    trajs = evaluate_policy(policy, envs, q, n=n)
     summary = summarize(trajs)
     if out is not None:
         atomic_write_text(out, "".join(json.dumps(t.to_record(), ensure_ascii=False) + "\n" for t in trajs))
     return trajs, summary
-

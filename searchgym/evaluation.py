@@ -123,19 +123,14 @@ def evaluate_fixed(model, tokenizer, envs, questions: Sequence[int], *, samples:
     ``untrained``: the untrained initial model; when given, the hidden-state content metrics
     are recomputed on the same token sequences teacher-forced through both models.
     """
-    import torch
-
-    from searchgym.agents.rollout import RolloutConfig, RolloutEngine
+    from searchgym.agents.policy import LMPolicy, evaluate_policy
+    from searchgym.agents.rollout import RolloutConfig
 
     t0 = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    engine = RolloutEngine(model, tokenizer, RolloutConfig(
+    policy = LMPolicy(model, tokenizer, RolloutConfig(
         n=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=sampling_seed,
         return_hidden_states=True, max_batch_size=len(envs), hidden_layer=graph_layer))
-    with torch.no_grad():
-        trajs = engine.rollout_questions(envs, list(questions), n=samples)
-    model.train(was_training)
+    trajs = evaluate_policy(policy, envs, list(questions), n=samples)
     ks = pass_ks(samples)
     embed = _CachedEmbedder(embed_fn) if (vendi and embed_fn is not None) else embed_fn
 

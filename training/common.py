@@ -104,20 +104,14 @@ def evaluate(
 ) -> dict[str, float]:
     """Greedy rollouts on the first ``num_questions`` questions of ``split``: accuracy,
     mean reward, format-error rate, searches per episode."""
-    from searchgym.agents.policy import summarize
-    from searchgym.agents.rollout import RolloutConfig, RolloutEngine
+    from searchgym.agents.policy import LMPolicy, evaluate_policy, evaluation_questions, summarize
+    from searchgym.agents.rollout import RolloutConfig
 
     if envs is None:
-        envs, total = make_envs(family, min(num_questions, 64), split, world, max_turns, retriever)
-    else:
-        total = len(envs[0].unwrapped.questions)
-    q = list(range(min(num_questions, total)))
-    was_training = model.training
-    model.eval()
-    engine = RolloutEngine(model, tokenizer, RolloutConfig(
+        envs, _ = make_envs(family, min(num_questions, 64), split, world, max_turns, retriever)
+    policy = LMPolicy(model, tokenizer, RolloutConfig(
         greedy=True, max_new_tokens=max_new_tokens, n=1, seed=seed, max_batch_size=len(envs)))
-    trajs = engine.rollout_questions(envs, q, n=1)
-    model.train(was_training)
+    trajs = evaluate_policy(policy, envs, evaluation_questions(envs[0], num_questions), n=1)
     summary = summarize(trajs)
     return {k: summary[k] for k in ("accuracy", "reward_mean", "format_error_rate", "searches_per_episode")} | {
         "num_episodes": summary["episodes"]}
