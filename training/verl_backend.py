@@ -251,7 +251,9 @@ class SearchEnvAgentLoop(AgentLoopBase):
         )
         t_env += time.perf_counter() - t0
         from searchgym.agents.episode import encode_prompt, encode_text
+        from searchgym.agents.trajectory import EpisodeRun
 
+        run = EpisodeRun.start(env, prompt_text, reset_info, policy="verl")
         if getattr(self.tokenizer, "chat_template", None):
             # verl's Continuous Token builder renders the dataset's chat messages.
             messages = _plain(kwargs.get("raw_prompt")) or [{"role": "user", "content": prompt_text}]
@@ -265,9 +267,6 @@ class SearchEnvAgentLoop(AgentLoopBase):
         response_ids: list[int] = []
         mask: list[int] = []
         logprobs: list[float] | None = []
-        step_rewards: list[float] = []
-        info: dict = {}
-        terminated = truncated = False
         assistant_turns = obs_turns = 0
         request_id = uuid4().hex
         params = dict(sampling_params)
@@ -295,26 +294,29 @@ class SearchEnvAgentLoop(AgentLoopBase):
             t0 = time.perf_counter()
             obs, reward, terminated, truncated, info = await asyncio.to_thread(env.step, action)
             t_env += time.perf_counter() - t0
-            step_rewards.append(float(reward))
-            if terminated or truncated:
+            ended = terminated or truncated
+            obs_ids = [] if ended else encode_text(self.tokenizer, obs)[: R - len(response_ids)]
+            # the one turn step of every episode loop (searchgym.agents.trajectory)
+            if run.record(action, None if ended else obs, reward, terminated, truncated, info,
+                          num_policy_tokens=len(ids), num_obs_tokens=len(obs_ids)):
                 break
-            obs_ids = encode_text(self.tokenizer, obs)[: R - len(response_ids)]
             obs_turns += 1
             response_ids += obs_ids
             mask += [0] * len(obs_ids)
             if logprobs is not None:
                 logprobs += [0.0] * len(obs_ids)
 
-        ended = bool(terminated or truncated)
-        extra_fields = {
+        traj = run.traj
+        step_rewards = [t["reward"] for t in traj.turns]
+        extra_fields = {  # episode-record fields (searchgym.agents.record) verl carries per sample
             "env_id": env_id,
-            "question_id": str(reset_info.get("question_id", "")),
+            "question_id": traj.question_id,
             "question_index": int(extra_info["index"]),
-            "signature": info.get("signature") if ended else None,
-            "strategy": info.get("strategy") if ended else None,
-            "correct": bool(info.get("correct", False)) if ended else False,
-            "format_errors": int(info.get("format_errors", 0)),
-            "episode_ended": ended,
+            "signature": traj.signature,
+            "strategy": traj.strategy,
+            "correct": bool(traj.correct),
+            "format_errors": traj.format_errors,
+            "episode_ended": run.done,
             "turn_scores": step_rewards,
             "tool_rewards": [],
         }
