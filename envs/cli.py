@@ -4,7 +4,24 @@
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from pathlib import Path
+
+from searchgym.envs import world as W
+from searchgym.envs.env import EnvConfig, SearchEnv
+from searchgym.envs.registry import (
+    describe,
+    list_envs,
+    load_persistent_tasks,
+    read_task_file,
+    remove_task,
+    save_task,
+    user_tasks,
+)
+from searchgym.envs.strategies import format_table, oracle_table
+from searchgym.retrieval.fileio import check_output
+from searchgym.retrieval.index import load_retriever
 
 
 def add_commands(sub) -> None:
@@ -50,12 +67,6 @@ def add_commands(sub) -> None:
 
 
 def _world(args: argparse.Namespace) -> int:
-    import time
-
-    from searchgym.envs import world as W
-
-    from searchgym.retrieval.fileio import check_output
-
     cfg = W.WorldConfig(preset=args.preset, seed=args.seed, distractor_rate=args.distractor_rate)
     if args.out:  # refuse a foreign folder before spending time on generation
         check_output(args.out, W.is_world_dir, W.WORLD_MARKER, force=getattr(args, "force", False))
@@ -70,14 +81,6 @@ def _world(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    import json
-    import time
-
-    from searchgym.envs import world as W
-    from searchgym.envs.env import EnvConfig, SearchEnv
-    from searchgym.envs.strategies import format_table, oracle_table
-    from searchgym.retrieval import load_retriever
-
     t0 = time.perf_counter()
     questions = W.load_questions(args.dir, args.split)
     retriever = load_retriever(W.ensure_index(args.dir, args.retriever))  # built once, then reused
@@ -92,8 +95,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from searchgym.envs.registry import describe, list_envs
-
     for env_id in list_envs():
         d = describe(env_id)
         extra = ", ".join(f"{k}={v}" for k, v in d.items() if k != "id")
@@ -102,8 +103,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _task_add(args: argparse.Namespace) -> int:
-    from searchgym.envs.registry import read_task_file, save_task
-
     spec = read_task_file(args.file)
     path = save_task(spec, force=args.force)
     n = len(set(spec.qa.values()))
@@ -113,10 +112,6 @@ def _task_add(args: argparse.Namespace) -> int:
 
 
 def _task_list(args: argparse.Namespace) -> int:
-    import json
-
-    from searchgym.envs.registry import load_persistent_tasks, user_tasks
-
     load_persistent_tasks()
     specs = sorted(user_tasks(), key=lambda s: s.name)
     if args.json:
@@ -131,8 +126,6 @@ def _task_list(args: argparse.Namespace) -> int:
 
 
 def _task_rm(args: argparse.Namespace) -> int:
-    from searchgym.envs.registry import remove_task
-
     path = remove_task(args.name)
     print(f"removed task searchgym/{args.name} ({path})")
     return 0

@@ -41,14 +41,20 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field, fields
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import yaml
 
 from searchgym.envs.env import EnvConfig, SearchEnv
 from searchgym.envs.protocol import EXTERNAL_PROMPT
 from searchgym.envs.tasks import SPLITS, Question, TaskFormatError, prompt_text, read_questions
+from searchgym.envs.world_cache import ensure_index, ensure_world, searchgym_home
+from searchgym.envs.world_io import load_questions
+from searchgym.retrieval.fileio import atomic_write_text, iter_jsonl
+from searchgym.retrieval.index import build_index, file_sha256, load_retriever
 
 NAMESPACE = "searchgym"
 ENTRY_POINT_GROUP = "searchgym.tasks"
@@ -204,8 +210,6 @@ def task_from_record(record: Any, base_dir: str | Path | None = None, where: str
 
 def read_task_file(path: str | Path, check_files: bool = True) -> TaskSpec:
     """Parse a YAML task file (paths relative to it)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: task file not found")
@@ -220,8 +224,6 @@ def read_task_file(path: str | Path, check_files: bool = True) -> TaskSpec:
 
 def tasks_home() -> Path:
     """Where persistent task files live: ``$SEARCHGYM_HOME/tasks``."""
-    from searchgym.envs.world import searchgym_home
-
     return searchgym_home() / "tasks"
 
 
@@ -242,10 +244,6 @@ def _register_gym(spec: TaskSpec) -> str:
 def save_task(spec: TaskSpec, force: bool = False) -> Path:
     """Write ``spec``'s record to ``$SEARCHGYM_HOME/tasks/<name>.yaml`` (atomically) and
     register it. A different task already stored under the name is refused unless ``force``."""
-    import yaml
-
-    from searchgym.retrieval.fileio import atomic_write_text
-
     path = task_file_path(spec.name)
     record = spec.to_record()
     if path.is_file() and not force:
@@ -279,8 +277,6 @@ def remove_task(name: str) -> Path:
 
 
 def _entry_point_specs() -> list[TaskSpec]:
-    from importlib.metadata import entry_points
-
     specs = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         where = f"entry point {ep.name} ({ep.value})"
@@ -322,9 +318,6 @@ def user_tasks() -> list[TaskSpec]:
 
 def _file_sha256_memo(path: Path) -> str:
     """sha256 of a file, memoised on disk by (path, size, mtime) under the index cache."""
-    from searchgym.retrieval.fileio import atomic_write_text
-    from searchgym.retrieval.index import file_sha256
-
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
     memo = index_cache_root() / "hashes" / key
@@ -343,8 +336,6 @@ def _file_sha256_memo(path: Path) -> str:
 
 
 def index_cache_root() -> Path:
-    from searchgym.envs.world import searchgym_home
-
     return searchgym_home() / "indexes"
 
 
@@ -363,8 +354,6 @@ def index_cache_dir(corpus: str | Path, retriever: str, encoder: str | None = No
 
 def _resolve_retriever(retriever: Any, index_dir: Path | None, corpus: Path | None, spec: TaskSpec | None = None):
     """A Retriever object from an object, or a kind + index dir (built from corpus if needed)."""
-    from searchgym.retrieval import build_index, load_retriever
-
     if not isinstance(retriever, str):
         if not hasattr(retriever, "search"):
             raise ValueError(f"retriever must be 'dense', 'bm25' or an object with search(); got {retriever!r}")
@@ -392,8 +381,6 @@ def _make_env(task: str, split: str = "train", preset: str = "small", seed: int 
 
     ``task_record`` (set by the registration) is the user task's full record: the env is
     made from it alone, in any process."""
-    from searchgym.envs import world as W
-
     if task_record is not None:
         spec = task_from_record(task_record, where=f"env {NAMESPACE}/{task}", check_files=False)
     elif task in TASKS:
@@ -405,12 +392,12 @@ def _make_env(task: str, split: str = "train", preset: str = "small", seed: int 
     cfg = EnvConfig.from_kwargs(config or spec.config, **config_kwargs)
     retriever = retriever if retriever is not None else spec.retriever
     if spec.families:
-        wdir = Path(world_dir) if world_dir is not None else W.ensure_world(preset, seed)
-        questions = [q for q in W.load_questions(wdir, split) if q.family in spec.families]
+        wdir = Path(world_dir) if world_dir is not None else ensure_world(preset, seed)
+        questions = [q for q in load_questions(wdir, split) if q.family in spec.families]
         if not questions:
             raise ValueError(f"{wdir}: no {'/'.join(spec.families)} questions in split {split!r}")
         if isinstance(retriever, str) and index_dir is None:
-            index_dir = W.ensure_index(wdir, retriever)
+            index_dir = ensure_index(wdir, retriever)
         r = _resolve_retriever(retriever, Path(index_dir) if index_dir else None, None)
     else:
         questions = task_questions(spec, split)
@@ -451,7 +438,7 @@ def load_qa(path: str | Path, split: str = "train") -> list[Question]:
     if not path.is_file():
         raise FileNotFoundError(f"QA file not found: {path}")
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: 30-70 ms of start-up, needed for parquet QA files only
 
         try:
             rows = pq.read_table(path).to_pylist()
@@ -480,8 +467,6 @@ def load_qa(path: str | Path, split: str = "train") -> list[Question]:
             out.append(Question.from_json(rec, where=where))
         return out
     if path.suffix in (".jsonl", ".json"):
-        from searchgym.retrieval.fileio import iter_jsonl
-
         raw = {lineno: rec for lineno, rec in iter_jsonl(path, TaskFormatError)}
         keep = {n for n, rec in _rows_for_split(list(raw.items()), split,
                                                  lambda r: _row_split(r[1]) if isinstance(r[1], dict) else None)}

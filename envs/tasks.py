@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from searchgym.retrieval.fileio import iter_jsonl
 
 ROLES = ("subject", "bridge", "bridge1", "bridge2", "answer", "a", "b")
 FAMILIES = ("single_hop", "multi_hop", "comparison", "multi_answer")
@@ -154,10 +157,6 @@ def prompt_text(prompt: Any, where: str = "record") -> str:
 
 def read_questions(path) -> list[Question]:
     """Read a QA JSONL file (one :class:`Question` record or ``question``/``golden_answers``)."""
-    from pathlib import Path
-
-    from searchgym.retrieval.fileio import iter_jsonl
-
     path = Path(path)
     out = []
     for lineno, rec in iter_jsonl(path, TaskFormatError):
