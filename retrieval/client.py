@@ -2,10 +2,11 @@
 
 Sync ``search`` and async ``asearch`` share one configuration; connections are pooled
 (one ``httpx.Client``, one ``httpx.AsyncClient`` per event loop). Connection errors
-(refused, reset, dropped mid-answer), timeouts and 500/502/503/504 answers are retried with
-exponential backoff capped at ``max_backoff`` (retrieval is idempotent, so a retried request
-cannot be answered twice); the defaults ride out a server restart of ~12 s. 4xx answers,
-malformed answers and exhausted retries raise ``RetrievalRequestError`` with the reason.
+(refused, reset, dropped mid-answer), timeouts and 500/502/503/504 answers are retried
+(``tenacity``) with exponential backoff capped at ``max_backoff`` (retrieval is idempotent,
+so a retried request cannot be answered twice); the defaults ride out a server restart of
+~12 s. 4xx answers, malformed answers and exhausted retries raise ``RetrievalRequestError``
+with the reason.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import threading
 import time
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import wait_exponential
 
 from searchgym.retrieval.base import Hit, split_contents
 from searchgym.retrieval.dense import check_queries
@@ -24,6 +27,15 @@ RETRY_STATUS = {500, 502, 503, 504}
 
 class RetrievalRequestError(ValueError):
     """The server refused the request (4xx), or kept failing after every retry."""
+
+
+class _Retryable(Exception):
+    """A failed try worth another one: a transport error or a 5xx answer."""
+
+    def __init__(self, response: httpx.Response | None = None, error: Exception | None = None):
+        super().__init__(error or response)
+        self.response = response
+        self.error = error
 
 
 class RemoteRetriever:
@@ -57,6 +69,8 @@ class RemoteRetriever:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        # after failed try n (1-based): backoff * 2**(n-1), capped at max_backoff
+        self._wait = wait_exponential(multiplier=backoff, max=max_backoff)
         self.max_queries_per_request = max_queries_per_request
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = httpx.Timeout(timeout)
@@ -133,55 +147,59 @@ class RemoteRetriever:
             detail = response.text
         return RetrievalRequestError(f"{self.url}: HTTP {response.status_code}: {str(detail)[:500]}")
 
-    def _delay(self, attempt: int) -> float:
-        """Seconds to wait after failed try ``attempt`` (0-based): exponential, capped."""
-        return min(self.backoff * (2**attempt), self.max_backoff)
-
     @property
     def retry_window(self) -> float:
         """Total backoff before giving up: the longest server outage a call rides out
         (plus the time the tries themselves take)."""
-        return sum(self._delay(a) for a in range(self.retries))
+        state = RetryCallState(None, None, (), {})
+        total = 0.0
+        for attempt in range(1, self.retries + 1):
+            state.attempt_number = attempt
+            total += self._wait(state)
+        return total
+
+    def _retrying(self, kind: type[Retrying] | type[AsyncRetrying]):
+        """The retry policy: up to ``retries`` more tries of a retryable failure, then
+        :meth:`_give_up`; any other exception (4xx, malformed answer) is raised at once."""
+        return kind(stop=stop_after_attempt(self.retries + 1), wait=self._wait,
+                    retry=retry_if_exception_type(_Retryable), retry_error_callback=self._give_up)
 
     def _chunks(self, queries: list[str]):
         step = self.max_queries_per_request
         return [queries[i : i + step] for i in range(0, len(queries), step)]
 
-    # -- sync -----------------------------------------------------------------------------
-    def _outcome(self, attempt: int, n: int, start: float, response=None, exc: Exception | None = None):
-        """One attempt's result: the parsed hits, or ``None`` to retry after a backoff.
-
-        Raises when the tries are used up or the answer is not retryable (4xx)."""
-        last = attempt == self.retries
-        if exc is not None:
-            if last:
-                raise RetrievalRequestError(
-                    f"{self.url}: {type(exc).__name__}: {exc or 'no detail'} (gave up after {attempt + 1} tries "
-                    f"over {time.monotonic() - start:.1f} s; is the server running? raise retries/max_backoff "
-                    "to wait longer)"
-                ) from None
-            return None
+    # -- one try ------------------------------------------------------------------------
+    def _answer(self, response: httpx.Response, n: int) -> list[list[Hit]]:
+        """The hits of one try's answer; a 5xx is retryable, a 4xx is raised as it is."""
         if response.status_code == 200:
             return self._parse(response, n)
-        if response.status_code not in RETRY_STATUS or last:
-            err = self._error(response)
-            if response.status_code in RETRY_STATUS:
-                err = RetrievalRequestError(f"{err} (gave up after {attempt + 1} tries)")
-            raise err
-        return None
+        if response.status_code in RETRY_STATUS:
+            raise _Retryable(response=response)
+        raise self._error(response)
+
+    def _give_up(self, state: RetryCallState):
+        """Every try failed: raise the last failure with how long the tries took."""
+        failure = state.outcome.exception()
+        tries = state.attempt_number
+        if failure.error is not None:
+            exc = failure.error
+            raise RetrievalRequestError(
+                f"{self.url}: {type(exc).__name__}: {exc or 'no detail'} (gave up after {tries} tries "
+                f"over {time.monotonic() - state.start_time:.1f} s; is the server running? raise retries/max_backoff "
+                "to wait longer)"
+            ) from None
+        raise RetrievalRequestError(f"{self._error(failure.response)} (gave up after {tries} tries)") from None
+
+    # -- sync -----------------------------------------------------------------------------
+    def _try_post(self, client: httpx.Client, queries: list[str], k: int) -> list[list[Hit]]:
+        try:
+            response = client.post(self.url, json=self._payload(queries, k))
+        except httpx.TransportError as e:  # refused, reset, dropped mid-answer, timed out
+            raise _Retryable(error=e) from None
+        return self._answer(response, len(queries))
 
     def _post(self, queries: list[str], k: int) -> list[list[Hit]]:
-        client, start = self._sync_client(), time.monotonic()
-        for attempt in range(self.retries + 1):
-            try:
-                response, exc = client.post(self.url, json=self._payload(queries, k)), None
-            except httpx.TransportError as e:  # refused, reset, dropped mid-answer, timed out
-                response, exc = None, e
-            hits = self._outcome(attempt, len(queries), start, response, exc)
-            if hits is not None:
-                return hits
-            time.sleep(self._delay(attempt))
-        raise AssertionError("unreachable")
+        return self._retrying(Retrying)(self._try_post, self._sync_client(), queries, k)
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         """Top-``k`` hits per query from the server (blocking)."""
@@ -195,18 +213,15 @@ class RemoteRetriever:
         return response.json()
 
     # -- async ----------------------------------------------------------------------------
+    async def _atry_post(self, client: httpx.AsyncClient, queries: list[str], k: int) -> list[list[Hit]]:
+        try:
+            response = await client.post(self.url, json=self._payload(queries, k))
+        except httpx.TransportError as e:
+            raise _Retryable(error=e) from None
+        return self._answer(response, len(queries))
+
     async def _apost(self, queries: list[str], k: int) -> list[list[Hit]]:
-        client, start = self._async_client(), time.monotonic()
-        for attempt in range(self.retries + 1):
-            try:
-                response, exc = await client.post(self.url, json=self._payload(queries, k)), None
-            except httpx.TransportError as e:
-                response, exc = None, e
-            hits = self._outcome(attempt, len(queries), start, response, exc)
-            if hits is not None:
-                return hits
-            await asyncio.sleep(self._delay(attempt))
-        raise AssertionError("unreachable")
+        return await self._retrying(AsyncRetrying)(self._atry_post, self._async_client(), queries, k)
 
     async def asearch(self, queries: list[str], k: int) -> list[list[Hit]]:
         """Async ``search``; chunks of a large batch are sent concurrently."""

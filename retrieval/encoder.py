@@ -23,11 +23,11 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from cachetools import LRUCache
 
 # Never reach for the hub: every encoder is a local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -276,23 +276,26 @@ class Encoder:
 
 
 class QueryCache:
-    """Thread-safe LRU map from query text to its embedding, with hit/miss counters.
+    """Thread-safe LRU map from query text to its embedding (a ``cachetools.LRUCache``
+    under a lock), with hit/miss counters.
 
     RL rollouts issue the same question many times (n samples per prompt), so the encoder
-    is the part worth caching; ``maxsize=0`` disables the cache.
+    is the part worth caching; ``maxsize=0`` disables the cache. Stored embeddings are
+    float32 read-only copies.
     """
 
     def __init__(self, maxsize: int = 10_000):
         if maxsize < 0:
             raise ValueError(f"cache size must be >= 0, got {maxsize}")
         self.maxsize = maxsize
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._data: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(maxsize, 1))
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def get_many(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
-        """Return the cached entries among ``keys`` (each key counted once as hit or miss)."""
+        """Return the cached entries among ``keys`` (each key counted once as hit or miss;
+        a hit becomes the most recently used)."""
         found: dict[str, np.ndarray] = {}
         with self._lock:
             for key in keys:
@@ -300,12 +303,12 @@ class QueryCache:
                 if vec is None:
                     self.misses += 1
                 else:
-                    self._data.move_to_end(key)
                     found[key] = vec
                     self.hits += 1
         return found
 
     def put_many(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
+        """Store ``items``; beyond ``maxsize`` entries the least recently used go first."""
         if not self.maxsize:
             return
         with self._lock:
@@ -313,9 +316,6 @@ class QueryCache:
                 vec = np.array(vec, dtype=np.float32, copy=True)
                 vec.setflags(write=False)
                 self._data[key] = vec
-                self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
 
     def clear(self) -> None:
         with self._lock:

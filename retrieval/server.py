@@ -38,9 +38,13 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.requests import ClientDisconnect
 
 from searchgym.retrieval.base import Hit
@@ -102,41 +106,82 @@ def _show(value) -> str:
     return f"a JSON {'array' if isinstance(value, list) else 'object'}"
 
 
+def _check_query(query: str, info: ValidationInfo) -> str:
+    """One query of a request, against the server's limits (``info.context``: the
+    ServerConfig). Its message follows ``queries[<i>]`` (see :func:`_refusal`)."""
+    config: ServerConfig = info.context
+    if not query.strip():
+        raise PydanticCustomError("query_empty", "is empty")
+    if len(query) > config.max_query_chars:
+        raise PydanticCustomError("query_too_long",
+                                  f"is too long: {len(query)} > {config.max_query_chars} characters")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:  # JSON allows lone surrogates ("\ud800"); tokenizers do not
+        raise PydanticCustomError("query_unicode", "is not valid Unicode (lone surrogate escape)") from None
+    return query
+
+
+class RetrieveRequest(BaseModel):
+    """The body of ``POST /retrieve`` (Search-R1's schema), validated against the server's
+    limits (pass the ServerConfig as the validation ``context``). Strict: JSON types as
+    sent (``"3"`` is not a topk, ``1`` is not true); unknown fields are ignored."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    queries: list[Annotated[StrictStr, AfterValidator(_check_query)]]
+    topk: StrictInt | None = None  # None: the server's default_topk
+    return_scores: StrictBool = False
+
+    @field_validator("queries", mode="before")
+    @classmethod
+    def _query_count(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, list):  # another type fails the list check with its own message
+            if not value:
+                raise PydanticCustomError("queries_empty", "'queries' is empty")
+            if len(value) > info.context.max_queries:
+                raise PydanticCustomError(
+                    "queries_too_many",
+                    f"too many queries in 'queries': {len(value)} > {info.context.max_queries} per request")
+        return value
+
+    @field_validator("topk")
+    @classmethod
+    def _topk_range(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not 1 <= value <= info.context.max_topk:
+            raise PydanticCustomError("topk_range", f"'topk' must be between 1 and {info.context.max_topk}, got {value}")
+        return value
+
+
+def _refusal(error: Mapping[str, Any]) -> str:
+    """The one-line message of a request's first validation error (fields in the order
+    queries, topk, return_scores; queries in order), naming the field."""
+    loc, kind, value = error["loc"], error["type"], error["input"]
+    if kind == "model_type":
+        return f"request body must be a JSON object, got {type(value).__name__}"
+    if kind == "missing":
+        return "missing field 'queries' (a list of strings)"
+    if loc[0] == "queries":
+        if len(loc) == 1:
+            return f"'queries' must be a list of strings, got {type(value).__name__}" if kind == "list_type" \
+                else error["msg"]
+        if kind == "string_type":
+            return f"queries[{loc[1]}] must be a string, got {type(value).__name__}"
+        return f"queries[{loc[1]}] {error['msg']}"
+    if loc[0] == "topk":
+        return error["msg"] if kind == "topk_range" else f"'topk' must be an integer or null, got {_show(value)}"
+    return f"'return_scores' must be true or false, got {_show(value)}"
+
+
 def parse_request(payload, config: ServerConfig) -> tuple[list[str], int, bool]:
-    """Validate a decoded ``/retrieve`` body; returns (queries, topk, return_scores)."""
-    if not isinstance(payload, dict):
-        raise RequestError(422, f"request body must be a JSON object, got {type(payload).__name__}")
-    if "queries" not in payload:
-        raise RequestError(422, "missing field 'queries' (a list of strings)")
-    queries = payload["queries"]
-    if not isinstance(queries, list):
-        raise RequestError(422, f"'queries' must be a list of strings, got {type(queries).__name__}")
-    if not queries:
-        raise RequestError(422, "'queries' is empty")
-    if len(queries) > config.max_queries:
-        raise RequestError(422, f"too many queries in 'queries': {len(queries)} > {config.max_queries} per request")
-    for i, q in enumerate(queries):
-        if not isinstance(q, str):
-            raise RequestError(422, f"queries[{i}] must be a string, got {type(q).__name__}")
-        if not q.strip():
-            raise RequestError(422, f"queries[{i}] is empty")
-        if len(q) > config.max_query_chars:
-            raise RequestError(422, f"queries[{i}] is too long: {len(q)} > {config.max_query_chars} characters")
-        try:
-            q.encode("utf-8")
-        except UnicodeEncodeError:  # JSON allows lone surrogates ("\ud800"); tokenizers do not
-            raise RequestError(422, f"queries[{i}] is not valid Unicode (lone surrogate escape)") from None
-    topk = payload.get("topk")
-    if topk is None:
-        topk = config.default_topk
-    elif isinstance(topk, bool) or not isinstance(topk, int):
-        raise RequestError(422, f"'topk' must be an integer or null, got {_show(topk)}")
-    elif not 1 <= topk <= config.max_topk:
-        raise RequestError(422, f"'topk' must be between 1 and {config.max_topk}, got {topk}")
-    return_scores = payload.get("return_scores", False)
-    if not isinstance(return_scores, bool):
-        raise RequestError(422, f"'return_scores' must be true or false, got {_show(return_scores)}")
-    return queries, topk, return_scores
+    """Validate a decoded ``/retrieve`` body (:class:`RetrieveRequest`); returns
+    (queries, topk, return_scores) or raises ``RequestError`` (422) naming the field."""
+    try:
+        request = RetrieveRequest.model_validate(payload, context=config)
+    except ValidationError as exc:
+        raise RequestError(422, _refusal(exc.errors()[0])) from None
+    topk = config.default_topk if request.topk is None else request.topk
+    return list(request.queries), topk, request.return_scores
 
 
 def decode_request(body: bytes, config: ServerConfig) -> tuple[list[str], int, bool]:
