@@ -74,7 +74,7 @@ def _is_eval_file(p: Path) -> bool:
 
 
 def _is_verl_export(p: Path) -> bool:
-    from searchgym.training.verl_backend import is_export_parquet
+    from searchgym.training.verl_data import is_export_parquet
 
     return is_export_parquet(p)
 

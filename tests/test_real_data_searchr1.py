@@ -94,7 +94,7 @@ def test_external_corpora_get_whole_passages_up_to_the_stated_limit(data):
 
 
 def test_verl_rows_of_a_raw_search_r1_parquet(data):
-    from searchgym.training.verl_backend import VerlBackendError, locate_row_question, resolve_row, validate_rows
+    from searchgym.training.verl_data import VerlBackendError, locate_row_question, resolve_row, validate_rows
 
     tmp, corpus, test = data
     with pytest.raises(VerlBackendError, match=r"row 0: .*data_source 'mydict' is no registered task.*\(1 more bad rows\)"):
@@ -113,7 +113,7 @@ def test_verl_rows_of_a_raw_search_r1_parquet(data):
 
 
 def test_mapped_but_unregistered_env_is_refused(data):
-    from searchgym.training.verl_backend import VerlBackendError, validate_rows
+    from searchgym.training.verl_data import VerlBackendError, validate_rows
 
     _, _, test = data
     with pytest.raises(VerlBackendError, match="'searchgym/other' is not registered"):
@@ -240,7 +240,7 @@ def test_build_threads_argument(data, capsys):
 def test_gpu_smoke_data_is_raw_search_r1_and_validates(data, capsys):
     """`make gpu-smoke`'s own public-format data: raw rows (no env id) served by its task file."""
     from searchgym.training.gpu_smoke import DATA_SOURCE, write_public_dataset
-    from searchgym.training.verl_backend import validate_rows
+    from searchgym.training.verl_data import validate_rows
 
     tmp, _, _ = data
     task = write_public_dataset(tmp / "gs")

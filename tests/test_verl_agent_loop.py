@@ -59,7 +59,7 @@ def tiny_model(world, tmp_path_factory):
 def test_cut_at_stop_keeps_sampled_ids(tiny_model):
     from transformers import AutoTokenizer
 
-    from searchgym.training.verl_backend import cut_at_stop
+    from searchgym.training.verl_loop import cut_at_stop
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     ids = tok.encode("<search> capital city </search> trailing words", add_special_tokens=False)
@@ -77,13 +77,12 @@ def test_agent_loop_through_verl_worker(tmp_path, env_kwargs, tiny_model):
     from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 
     from searchgym.envs.env import CORRECTIVE
-    from searchgym.training.verl_backend import (
-        ENV_POOL,
-        LocalHFServer,
+    from searchgym.training.testing import LocalHFServer
+    from searchgym.training.verl_data import ENV_POOL, export_parquet
+    from searchgym.training.verl_launch import (
         VerlLaunchConfig,
         build_overrides,
         compose_config,
-        export_parquet,
         validate_composed,
         write_agent_loops_yaml,
     )
@@ -171,7 +170,7 @@ def test_agent_loop_through_verl_worker(tmp_path, env_kwargs, tiny_model):
 def test_export_rows_format(env_kwargs):
     import json
 
-    from searchgym.training.verl_backend import export_rows
+    from searchgym.training.verl_data import export_rows
 
     rows = export_rows(ENV_ID, split="validation", limit=2, env_kwargs=env_kwargs)
     assert len(rows) == 2

@@ -3,8 +3,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from searchgym.training.verl_backend import (
-    VerlBackendError,
+from searchgym.training.verl_data import VerlBackendError
+from searchgym.training.verl_launch import (
     VerlLaunchConfig,
     build_overrides,
     compose_config,
@@ -104,7 +104,7 @@ def test_prepare_launch_writes_a_config_main_ppo_can_load(tmp_path):
     assert again.trainer.total_training_steps == 2  # --set wins
     assert again.actor_rollout_ref.actor.policy_loss.loss_mode == "kl_cov"
     loops = OmegaConf.load(again.actor_rollout_ref.rollout.agent.agent_loop_config_path)
-    assert loops[0]._target_ == "searchgym.training.verl_backend.SearchEnvAgentLoop"
+    assert loops[0]._target_ == "searchgym.training.verl_loop.SearchEnvAgentLoop"
     assert loops[0].retriever_url == "http://h:8000" and loops[0].max_turns == 3
 
 

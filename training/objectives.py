@@ -43,6 +43,7 @@ from verl.workers.config import ActorConfig, PolicyLossConfig
 
 from searchgym.metrics import names as mn
 from searchgym.metrics.entropy import top_entropy_mask
+from searchgym.training.strict_config import dataclass_from_dict
 
 __all__ = [
     "ObjectiveConfig",
@@ -341,8 +342,6 @@ def objective_names() -> list[str]:
 def make_objective(name: str, overrides: dict[str, Any] | None = None) -> Objective:
     """Instantiate objective ``name`` with its defaults updated by ``overrides``
     (unknown keys and wrong types are rejected, naming the key)."""
-    from searchgym.training.config import dataclass_from_dict  # local: config imports us
-
     cls = get_objective(name)
     cfg = dataclass_from_dict(cls.Config, overrides or {}, prefix="objective")
     return cls(cfg)

@@ -61,7 +61,7 @@ def add_export_command(subparsers) -> None:
 
 
 def run_export(args) -> int:
-    from searchgym.training.verl_backend import export_parquet
+    from searchgym.training.verl_data import export_parquet
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
@@ -133,7 +133,7 @@ def _objective_overrides_from_config(path) -> dict:
 
 def run_verl(args) -> int:
     """Handler of ``train rl --backend verl``: prepare, validate, then run or print."""
-    from searchgym.training.verl_backend import VerlLaunchConfig, launch, prepare_launch
+    from searchgym.training.verl_launch import VerlLaunchConfig, launch, prepare_launch
 
     objective = getattr(args, "objective", None) or "grpo"
     obj_over = _objective_overrides_from_config(getattr(args, "config", None))

@@ -2,7 +2,7 @@
 
 verl imports every module named in ``VERL_USE_EXTERNAL_MODULES`` (comma separated) at the
 end of ``import verl`` (``verl/__init__.py``), in every Ray worker that imports verl. The
-launcher (:mod:`searchgym.training.verl_backend`) puts this module's name there through
+launcher (:mod:`searchgym.training.verl_launch`) puts this module's name there through
 ``ray_kwargs.ray_init.runtime_env.env_vars``, so that inside the actor workers:
 
 1. searchgym's pure policy losses are registered in verl's ``POLICY_LOSS_REGISTRY`` (by
