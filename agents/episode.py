@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from searchgym.envs.protocol import TAGS
+from searchgym.envs.protocol import ANSWER, SEARCH, TAGS, THINK
 
 # Per-token segment labels (the metrics contract): the tag context a token sits in.
 SEGMENT_LABELS = ("think", "query", "answer", "other")
-_OPEN = {"<think>": "think", "<search>": "query", "<answer>": "answer"}
-_CLOSE = {"</think>", "</search>", "</answer>"}
+_OPEN = {f"<{THINK}>": "think", f"<{SEARCH}>": "query", f"<{ANSWER}>": "answer"}
+_CLOSE = {f"</{t}>" for t in (THINK, SEARCH, ANSWER)}
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:

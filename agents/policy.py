@@ -21,6 +21,7 @@ from searchgym.agents.rollout import RolloutConfig, RolloutEngine
 from searchgym.agents.scripted import ScriptedPolicy
 from searchgym.agents.trajectory import EpisodeRun, EpisodeState, Trajectory, question_count, question_of, step_runs
 from searchgym.envs import make_batch
+from searchgym.envs.protocol import ANSWER, SEARCH, tagged
 from searchgym.retrieval.fileio import atomic_write_text
 
 
@@ -50,9 +51,9 @@ class RandomPolicy:
             pick = rng.random()
             text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 4)))
             if pick < 0.5:
-                out.append(f"<search>{text}</search>")
+                out.append(tagged(SEARCH, text))
             elif pick < 0.8:
-                out.append(f"<answer>{rng.choice(words)}</answer>")
+                out.append(tagged(ANSWER, rng.choice(words)))
             else:
                 out.append(text)
         return out

@@ -49,6 +49,7 @@ from searchgym.agents.trajectory import (  # noqa: F401  (Trajectory & co. are a
     step_runs,
     turn_record,
 )
+from searchgym.envs.protocol import STOP_TAGS
 
 
 @dataclass
@@ -169,12 +170,12 @@ class RolloutEngine:
         self.config = config or RolloutConfig()
         self.step_batch = step_batch
         tags = tag_ids(tokenizer)
-        stops = {tags[t] for t in ("</search>", "</answer>") if t in tags}
+        stops = {tags[t] for t in STOP_TAGS if t in tags}
         if len(stops) < 2:
             raise ValueError(
                 "the tokenizer must encode </search> and </answer> as single tokens "
                 "(add them as added tokens); got ids for "
-                f"{[t for t in ('</search>', '</answer>') if t in tags]}"
+                f"{[t for t in STOP_TAGS if t in tags]}"
             )
         if tokenizer.eos_token_id is not None:
             stops.add(int(tokenizer.eos_token_id))
