@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from searchgym.agents.policy import summarize
+from searchgym.agents.rollout import RolloutConfig, RolloutEngine
+from searchgym.envs.env import EnvConfig
 from searchgym.metrics import names as mn
 from searchgym.metrics.entropy import token_entropy_stats
 from searchgym.retrieval.fileio import append_jsonl, atomic_write_json
@@ -129,8 +131,6 @@ class RLTrainer:
         self.progress = progress
         self.out = Path(config.out)
         set_threads(config.threads)
-        from searchgym.envs.env import EnvConfig
-
         try:  # checked here, before minutes of loading, naming the config key
             EnvConfig.from_kwargs(**{"max_turns": config.max_turns, **config.env_kwargs})
         except (ValueError, TypeError) as exc:
@@ -226,8 +226,6 @@ class RLTrainer:
     # ------------------------------------------------------------------ phases
     def rollout(self, step: int) -> list:
         """Sample the step's episodes (deterministic in (seed, step) and the weights)."""
-        from searchgym.agents.rollout import RolloutConfig, RolloutEngine
-
         c = self.cfg
         rng = np.random.default_rng([c.seed, step])
         qs = rng.choice(self.num_questions, size=c.batch_questions, replace=self.num_questions < c.batch_questions)
