@@ -1,9 +1,19 @@
 """``searchgym run``: the main job (world -> index -> demos -> model -> SFT warm starts ->
-RL arms -> evaluation -> report), cached by content so a rerun resumes."""
+RL arms -> evaluation -> report), cached by content so a rerun resumes; ``searchgym report``:
+re-analyse a run folder.
+
+The handlers import the pipeline and the report (scipy, matplotlib, torch: ~0.6 s and
+more) inside them, so ``searchgym --help`` does not pay for them."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from searchgym.presets import get_preset, with_arms, with_overrides
 
 
 def _int_list(text: str) -> list[int]:
@@ -51,10 +61,8 @@ def add_commands(subparsers) -> None:
 
 
 def _report(args) -> int:
-    import json
-    from pathlib import Path
-
-    from searchgym.report import update_readme, write_report
+    from searchgym.markdown import update_readme
+    from searchgym.report import write_report
 
     run = Path(args.run_dir)
     old = run / "report.json"
@@ -76,12 +84,7 @@ def _report(args) -> int:
 
 
 def _run(args) -> int:
-    import time
-
     from searchgym.experiment import run_experiment
-    import dataclasses
-
-    from searchgym.presets import get_preset, with_arms, with_overrides
 
     preset = with_arms(with_overrides(get_preset(args.preset), args.overrides), objectives=args.arms,
                        warm_starts=args.warm_starts, seeds=args.seeds, workers=args.workers)

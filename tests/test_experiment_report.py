@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from searchgym import report
+from searchgym import markdown, report
 from searchgym.retrieval.fileio import atomic_write_json
 
 QUESTIONS = 48
@@ -141,10 +141,10 @@ def test_report_json_is_strict_and_readme_block_is_replaced(analysis, tmp_path):
     text = (run / "report.json").read_text(encoding="utf-8")
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-finite constant {c} in report.json"))
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{report.README_BEGIN}\nold\n{report.README_END}\n\nafter\n", encoding="utf-8")
-    assert report.update_readme(readme, rep, "docs/results/x/report.md")
+    readme.write_text(f"# x\n\n{markdown.README_BEGIN}\nold\n{markdown.README_END}\n\nafter\n", encoding="utf-8")
+    assert markdown.update_readme(readme, rep, "docs/results/x/report.md")
     new = readme.read_text(encoding="utf-8")
     assert "old" not in new and "after" in new and "Token entropy collapses under RL" in new
     plain = tmp_path / "plain.md"
     plain.write_text("no block\n", encoding="utf-8")
-    assert not report.update_readme(plain, rep, "x") and plain.read_text(encoding="utf-8") == "no block\n"
+    assert not markdown.update_readme(plain, rep, "x") and plain.read_text(encoding="utf-8") == "no block\n"
