@@ -106,23 +106,29 @@ def get_preset(name: str) -> Preset:
             warm_starts=WARM_STARTS,
             seeds=(0,),
         )
-    # The RL regime of pilot, small and full (measured with plain GRPO, 8 multi-hop questions
-    # x 8 samples at T = 1.0, 2 PPO epochs x 2 mini-batches, from a 4-epoch narrow SFT start
-    # on 2026-12-02): lr 2e-3 and 3e-3 destroyed the policy within 3-6 steps (reward -> 0,
-    # entropy up); lr 1e-3 constant took token entropy from 0.227 to 0.136 (x0.60) with
-    # training reward 0.23 -> 0.56 by step 29, then blew up at step 30 (entropy 0.88, 1.22);
-    # 4 questions x 8 was noisier and no faster; 4 PPO epochs blew up by step 7. Hence lr
-    # 1e-3 with a cosine decay to 1e-4 over the run: the early steps move the policy, the
-    # late ones cannot blow it up. T = 1.3: the SFT sweep (docs/results/sft-sweep, 32 validation
-    # questions x 8 samples per warm start and temperature) measured the 7-epoch warm starts at
-    # 0.377 (narrow) / 0.404 (diverse) nats of policy-token entropy at T = 1.3 (0.279 / 0.302 at
-    # 1.2, 0.169 / 0.194 at 1.0, 0.100 / 0.102 at 0.7: already collapsed), greedy multi-hop
-    # validation accuracy 65.6 % / 64.1 % (matched within 1.5 points), sampled accuracy 17.6 % /
-    # 16.8 % and 59 % / 56 % of 8-sample groups with reward spread; its rule (both >= 0.3 nats,
-    # >= 50 % greedy, gap <= 10 points, then the most reward spread) chose it.
-    regime = dict(batch_questions=8, n_samples=8, ppo_epochs=2, num_minibatches=2, temperature=1.3,
+    # The RL regime of pilot, small and full: plain GRPO from the 7-epoch diverse warm start at
+    # T = 1.3, probed on 2026-12-02 (training rollouts, token entropy over policy tokens, start
+    # 0.33-0.38 nats; figures in docs/results/pilot and the closing note of that stop):
+    # - 8 questions x 8 samples, 2 PPO epochs x 2 mini-batches, lr 1e-3 constant: entropy x0.85 by
+    #   step 27, then blew up at step 28 (to 2-3 nats, the top-20 % tokens' entropy to 7.8 nats,
+    #   near uniform over the 4,346-token vocabulary); the same with the tied embedding frozen did
+    #   not blow up in 45 steps but hardly moved (x0.9): the embedding carries both;
+    # - lr 2e-3 blew up within 10-15 steps with 2 PPO epochs (8 x 8 and 16 x 8);
+    # - lr 1e-3 cosine -> 1e-4, 8 x 8, 60 steps: x0.60, reward 0.27 -> 0.33; 16 x 8, 45 steps: x0.52,
+    #   reward 0.25 -> 0.42 (collapse per *sample* was the same; bigger groups of questions were
+    #   steadier); 4 questions x 16 samples: noisy, x0.8 by step 44;
+    # - 16 x 8, ONE PPO epoch x 2 mini-batches (each sample used once, the second mini-batch
+    #   off-policy), lr 2e-3 cosine -> 2e-4: x0.51 in 30 steps, reward 0.25 -> 0.40, 4.8 s a step
+    #   (vs 9.3 s with 2 epochs): the most collapse per second, so the regime below.
+    regime = dict(batch_questions=16, n_samples=8, ppo_epochs=1, num_minibatches=2, temperature=1.3,
                   train_family="multi_hop", hidden_states=True, eval_every=0, tensorboard=False,
-                  optim={"lr": 1e-3, "warmup_steps": 0, "min_lr_ratio": 0.1})
+                  optim={"lr": 2e-3, "warmup_steps": 0, "min_lr_ratio": 0.1})
+    # T = 1.3: the SFT sweep (docs/results/sft-sweep, 32 validation questions x 8 samples per warm
+    # start and temperature) measured the 7-epoch warm starts at 0.377 (narrow) / 0.404 (diverse)
+    # nats of policy-token entropy at T = 1.3 (0.279 / 0.302 at 1.2, 0.169 / 0.194 at 1.0, 0.100 /
+    # 0.102 at 0.7: already collapsed), greedy multi-hop validation accuracy 65.6 % / 64.1 %
+    # (matched within 1.5 points); its rule (both >= 0.3 nats, >= 50 % greedy, gap <= 10 points,
+    # then the most reward spread) chose it.
     base = Preset(
         name="small",
         world=WorldConfig(preset="small", seed=0),
@@ -130,11 +136,11 @@ def get_preset(name: str) -> Preset:
         demos=DemoStageConfig(episodes=3000),
         model=ModelStageConfig(preset="small"),
         sft=sft_preset("small"),
-        # 30 steps, evaluated at the RL start and the end: 18 arms of ~325 s on 2 workers plus 6
-        # RL-start evaluations of ~180 s fill the hour (measured: the pilot's 40-step arms took
-        # 534 s for 2 arms side by side with 5 evaluations of 32 x 8)
-        rl=rl_preset("small", steps=30, **regime),
-        eval=EvalConfig(questions=64, samples=8, every=30, temperature=1.3),
+        # 32 steps (~155 s of RL and ~80 s of final evaluation per arm, 2 arms side by side), evaluated
+        # at the RL start and the end: 18 arms on 2 workers, 6 RL-start evaluations, the world and
+        # the two SFT warm starts fit the hour (run_time in docs/results/small)
+        rl=rl_preset("small", steps=32, **regime),
+        eval=EvalConfig(questions=64, samples=8, every=32, temperature=1.3),
         objectives=("grpo", "kl_cov", "entropy_bonus"),
         seeds=(0, 1, 2),
         budget_s=3600.0,
@@ -143,16 +149,19 @@ def get_preset(name: str) -> Preset:
         # plain GRPO from the diverse warm start, 2 seeds: does token entropy fall to <= 0.5
         # of its start in this regime? (its report's collapse criterion)
         return replace(base, name="pilot", objectives=("grpo",), warm_starts=("diverse",), seeds=(0, 1),
-                       rl=replace(base.rl, steps=40), eval=replace(base.eval, questions=32, every=10),
-                       # the target was 15 min; measured from scratch on the shared 2-core machine
-                       # (load 3-5, 2026-12-02): 1,410 s, of which the diverse SFT warm start is 655 s
-                       budget_s=1500.0)
+                       # 36 steps, evaluated at the RL start and the end: its SFT warm start is small's
+                       # (the same stage), so the 15 minutes are world + SFT + ~5 min of RL
+                       rl=replace(base.rl, steps=36), eval=replace(base.eval, questions=32, every=36),
+                       budget_s=900.0)
     if name == "small":
         return base
     if name == "full":
-        # all 7 objectives x both warm starts x 5 seeds, longer RL, a bigger evaluation
+        # all 7 objectives x both warm starts x 5 seeds, longer RL (40 steps), evaluated at the RL
+        # start, step 20 and the end. Sized from small's measured per-arm times: 70 arms x (~195 s
+        # RL + ~80 s x 2 evaluations) on 2 workers + 10 RL-start evaluations + world and SFT is
+        # about 3 h on an otherwise idle 2-core machine; resumable through the stage cache.
         return replace(base, name="full", objectives=OBJECTIVES_ALL, seeds=(0, 1, 2, 3, 4),
-                       rl=replace(base.rl, steps=60), eval=replace(base.eval, questions=96, every=20),
+                       rl=replace(base.rl, steps=40), eval=replace(base.eval, questions=64, every=20),
                        budget_s=3 * 3600.0)
     raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESET_NAMES)}")
 

@@ -25,7 +25,7 @@ def _test_questions(preset) -> int:
 def test_pilot_is_plain_grpo_from_the_diverse_start_with_groups_of_8():
     p = get_preset("pilot")
     assert p.objectives == ("grpo",) and p.warm_starts == ("diverse",) and len(p.seeds) >= 2
-    assert p.rl.n_samples >= 8 and p.budget_s <= 25 * 60
+    assert p.rl.n_samples >= 8 and p.budget_s <= 15 * 60
 
 
 @pytest.mark.parametrize("name", ["small", "full"])
