@@ -21,12 +21,13 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 
 from searchgym.agents.episode import encode_prompt, encode_text
 from searchgym.agents.trajectory import EpisodeRun
+from searchgym.envs.protocol import STOP_TAGS
 from searchgym.training.verl_data import ENV_POOL, locate_row_question, plain, resolve_row
 
 __all__ = ["DEFAULT_STOP", "SearchEnvAgentLoop", "cut_at_stop"]
 
 #: Stop tags of the env's action protocol (Search-R1's).
-DEFAULT_STOP = ("</search>", "</answer>")
+DEFAULT_STOP = STOP_TAGS
 
 
 def cut_at_stop(tokenizer, token_ids: list[int], stop: tuple[str, ...] | list[str]) -> list[int]:
