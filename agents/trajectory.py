@@ -12,6 +12,7 @@ only the env's ``info`` (the contract of ``searchgym.envs.SearchEnv.reset``/``st
 
 from __future__ import annotations
 
+import collections.abc
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -209,6 +210,28 @@ def question_count(env) -> int:
     except ValueError:
         return 0
     return int(info["num_questions"])
+
+
+class EnvQuestions(collections.abc.Sequence):
+    """The ``Question`` records of ``env``'s question list, read through its info only:
+    ``len`` is :func:`question_count`, item ``i`` is :func:`question_of` the info of
+    ``env.reset(options={"index": i})``. Each item read resets ``env`` (cheap: no search,
+    no model), so read it between episodes, never during one."""
+
+    def __init__(self, env):
+        self.env = env
+        self._len = question_count(env)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._len))]
+        if not -self._len <= i < self._len:
+            raise IndexError(f"question index {i} out of range ({self._len} questions)")
+        _, info = self.env.reset(options={"index": int(i) % self._len})
+        return question_of(info)
 
 
 def _list_or_none(x):

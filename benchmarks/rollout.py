@@ -109,6 +109,7 @@ def main() -> None:
     from searchgym.agents.demos import world_envs
     from searchgym.agents.model import count_parameters, init_model, load_model
     from searchgym.agents.rollout import RolloutConfig, RolloutEngine
+    from searchgym.agents.trajectory import question_count
     from searchgym.envs.world import ensure_index, ensure_world
 
     world = ensure_world("smoke", 0)
@@ -117,7 +118,7 @@ def main() -> None:
         init_model(args.preset, f"{tmp}/m", world_dir=world, seed=0)
         model, tok = load_model(f"{tmp}/m")
     envs = world_envs(world, "train", args.episodes)
-    nq = len(envs[0].unwrapped.questions)
+    nq = question_count(envs[0])
     opts = [{"index": i % nq} for i in range(args.episodes)]
     cfg = RolloutConfig(max_new_tokens=args.max_new_tokens, max_response_tokens=args.max_response_tokens,
                         temperature=1.0, seed=0, max_batch_size=args.episodes)

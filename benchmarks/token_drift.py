@@ -184,6 +184,7 @@ def main() -> None:
     from searchgym.agents.demos import world_envs
     from searchgym.agents.model import load_model
     from searchgym.agents.rollout import RolloutConfig, RolloutEngine
+    from searchgym.agents.trajectory import question_count
     from searchgym.envs.world import ensure_index, ensure_world
 
     world = ensure_world("smoke", 0)
@@ -196,7 +197,7 @@ def main() -> None:
     for label, path in models.items():
         model, tok = load_model(path)
         envs = world_envs(world, "train", args.episodes)
-        nq = len(envs[0].unwrapped.questions)
+        nq = question_count(envs[0])
         cfg = RolloutConfig(max_new_tokens=args.max_new_tokens, max_response_tokens=args.max_response_tokens,
                             temperature=temperature, seed=0, max_batch_size=args.episodes)
         trajs = RolloutEngine(model, tok, cfg).rollout(envs, [{"index": i % nq} for i in range(args.episodes)])

@@ -115,10 +115,11 @@ def measure_policy(model, tokenizer, envs, *, temperatures: Sequence[float], sam
 
     from searchgym.agents.policy import summarize
     from searchgym.agents.rollout import RolloutConfig, RolloutEngine
+    from searchgym.agents.trajectory import question_count
     from searchgym.metrics.entropy import batch_token_entropy_stats
     from searchgym.training.common import evaluate
 
-    total = len(envs[0].unwrapped.questions)
+    total = question_count(envs[0])
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()

@@ -64,3 +64,22 @@ def test_evaluation_core_restores_the_mode_even_on_error(envs):
     with pytest.raises(RuntimeError, match="boom"):
         evaluate_policy(Broken(model), envs, q)
     assert model.training
+
+
+def test_env_questions_are_read_through_the_info(envs):
+    from searchgym.agents.trajectory import EnvQuestions, question_count
+    from searchgym.training.verl_data import VerlBackendError, locate_row_question
+
+    env = envs[0]
+    qs = EnvQuestions(env)
+    truth = env.unwrapped.questions  # the test may look inside; the reader may not
+    assert len(qs) == question_count(env) == len(truth) > 2
+    assert [q.qid for q in qs] == [q.qid for q in truth] and qs[-1] is truth[-1] and qs[1:3] == truth[1:3]
+    with pytest.raises(IndexError):
+        qs[len(qs)]
+    q = truth[2]
+    row = {"extra_info": {"question": q.question}, "reward_model": {"ground_truth": {"target": list(q.golden_answers)}}}
+    assert locate_row_question(qs, row, 2) == 2
+    assert locate_row_question(qs, row, 0) == 2  # wrong index: found by question text + answers
+    with pytest.raises(VerlBackendError, match="no question matches"):
+        locate_row_question(qs, dict(row, reward_model={"ground_truth": {"target": ["Nobody at all"]}}), 2)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from searchgym.agents.trajectory import question_count
 from searchgym.envs.registry import family_env_id  # noqa: F401 - re-exported (__all__)
 from searchgym.retrieval.fileio import atomic_dir
 
@@ -82,7 +83,8 @@ def make_scheduler(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio:
 
 
 def make_envs(family: str, n: int, split: str, world: str = "", max_turns: int = 5, retriever: str = "", **kw):
-    """``n`` envs of ``family`` on ``split`` sharing one retriever, and the question count."""
+    """``n`` envs of ``family`` on ``split`` sharing one retriever, and the question count
+    (the env's ``info["num_questions"]``, :func:`~searchgym.agents.trajectory.question_count`)."""
     from searchgym.envs import make_batch
 
     kwargs: dict[str, Any] = {"split": split, "max_turns": max_turns, **kw}
@@ -91,7 +93,7 @@ def make_envs(family: str, n: int, split: str, world: str = "", max_turns: int =
     if retriever:
         kwargs["retriever"] = retriever
     envs = make_batch(family_env_id(family), n, **kwargs)
-    num_questions = len(envs[0].unwrapped.questions)
+    num_questions = question_count(envs[0])
     if num_questions == 0:
         raise ValueError(f"no {family or 'mixed'} questions in split {split!r} of world {world or '(default)'}")
     return envs, num_questions

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import gymnasium
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import searchgym.envs  # noqa: F401  (registers searchgym/* ids)
+from searchgym.agents.trajectory import question_count
 from searchgym.envs.registry import NAMESPACE, TASKS, env_for_data_source, load_persistent_tasks, task_questions
 from searchgym.envs.reward import normalize_answer
 from searchgym.retrieval import RemoteRetriever
@@ -157,9 +158,11 @@ def resolve_row(row: dict, data_source_map: dict | None = None) -> tuple[str, st
     return env_id, str(split), (int(index) if index is not None else None), True
 
 
-def locate_row_question(questions, row: dict, index: int | None, where: str = "env") -> int:
-    """Index of the row's question in ``questions``: ``index`` when that question has the
-    row's gold answers, else the question with the row's text (and answers)."""
+def locate_row_question(questions: Sequence, row: dict, index: int | None, where: str = "env") -> int:
+    """Index of the row's question in ``questions`` (a sequence of ``Question``: a task's
+    list, or a live env's as :class:`~searchgym.agents.trajectory.EnvQuestions`): ``index``
+    when that question has the row's gold answers, else the question with the row's text
+    (and answers)."""
     targets = _row_targets(row)
     norm = sorted(normalize_answer(t) for t in targets) if targets is not None else None
 
@@ -255,10 +258,12 @@ def export_rows(env_id: str, split: str = "train", limit: int | None = None, env
     """
     env = make_env(env_id, split=split, **(env_kwargs or {}))
     try:
-        questions = getattr(env.unwrapped, "questions", None)
-        if questions is None:
-            raise VerlBackendError(f"env {env_id!r} exposes no .questions; cannot enumerate split {split!r}")
-        n = len(questions) if limit is None else min(limit, len(questions))
+        try:
+            total = question_count(env)
+        except KeyError:  # a reset info without num_questions: not a searchgym env
+            raise VerlBackendError(f"env {env_id!r} gives no info['num_questions']; cannot enumerate split "
+                                   f"{split!r}") from None
+        n = total if limit is None else min(limit, total)
         if n == 0:
             raise VerlBackendError(f"env {env_id!r} has no questions in split {split!r}")
         rows = []

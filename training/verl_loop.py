@@ -20,7 +20,7 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 
 from searchgym.agents.episode import encode_prompt, encode_text
-from searchgym.agents.trajectory import EpisodeRun
+from searchgym.agents.trajectory import EnvQuestions, EpisodeRun
 from searchgym.envs.protocol import STOP_TAGS
 from searchgym.training.verl_data import ENV_POOL, locate_row_question, plain, resolve_row
 
@@ -108,7 +108,9 @@ class SearchEnvAgentLoop(AgentLoopBase):
         key, env = await asyncio.to_thread(ENV_POOL.acquire, env_id, env_kwargs, self.retriever_url)
         try:
             if mapped:  # a dataset's own row: find its question in the task (index first, then text)
-                index = locate_row_question(getattr(env.unwrapped, "questions", []), row, index, where=env_id)
+                # the env's questions through its reset info (each read is a reset: off the event loop)
+                index = await asyncio.to_thread(
+                    lambda: locate_row_question(EnvQuestions(env), row, index, where=env_id))
             extra_info.update(env_id=env_id, index=index)
             return await self._episode(env, env_id, extra_info, sampling_params, kwargs)
         finally:
