@@ -1,7 +1,8 @@
 """The metric vocabulary: one name per measured quantity, namespaced by where it was measured.
 
-Every field the RL trainer writes to a run's ``metrics.jsonl`` (one line per step) and every
-field of the fixed evaluation's ``eval.jsonl`` / ``eval_questions.jsonl`` has one name here.
+Every field the RL trainer writes to a run's ``metrics.jsonl`` (one line per step), every
+field the SFT trainer writes to its ``sft_log.jsonl`` and every field of the fixed
+evaluation's ``eval.jsonl`` / ``eval_questions.jsonl`` has one name here.
 A name is ``<namespace>/<metric>``:
 
 - ``train/``: the step's training rollouts (the batch the update learns from). Rollout
@@ -9,21 +10,24 @@ A name is ``<namespace>/<metric>``:
   ``train/reward_mean``, ``train/entropy``, ``train/group_er``, ...): the trainer's own
   outcome fields and whatever a step hook returns are the same vocabulary, so a metric
   means one thing whether it was computed on training rollouts or on the evaluation;
-- ``update/``: the optimisation (``update/pg_loss``, ``update/clip_frac``, ``update/lr``, ...);
+- ``update/``: the optimisation (``update/pg_loss``, ``update/clip_frac``, ``update/lr``, ...;
+  SFT: ``update/loss``, ``update/grad_norm``, ``update/lr``);
 - ``mech/``: what an objective's mechanism acts on (clip binds, token selections, the ER
   bonus; :mod:`searchgym.training.diagnostics`);
-- ``time/``: wall-clock seconds (``time/step_s``, ...);
-- ``val/``: the trainer's own greedy validation (``RLConfig.eval_every``);
+- ``time/``: wall-clock seconds (``time/step_s``, ...; SFT: ``time/elapsed_s``);
+- ``val/``: the trainer's own greedy validation (``RLConfig.eval_every``,
+  ``SFTConfig.eval_every``) and what SFT's epoch-end hook measures of the model;
 - ``eval/``: the fixed evaluation (``eval/accuracy``, ``eval/entropy``, ``eval/pass@2``,
   ``eval/trained_tf/group_er``, ...).
 
-Record fields that say *which* record it is (``step``, ``replica``, ``question``,
+Record fields that say *which* record it is (``step``, ``epoch``, ``replica``, ``question``,
 ``controls``) are not metrics and carry no namespace.
 
 Files written before this vocabulary (docs/results/*/arms/*) hold un-namespaced keys;
 :func:`normalize_record` maps a loaded record to the names here (:data:`LEGACY_STEP_KEYS`
 for the trainer's own fields, the ``val_`` prefix and the rollout-metric rule below for the
-rest), so one reader handles old and new files alike. Imports nothing (``metrics`` stands
+rest; :data:`LEGACY_SFT_KEYS` for an ``sft_log.jsonl``), so one reader handles old and new
+files alike. Imports nothing (``metrics`` stands
 alone).
 """
 
@@ -33,26 +37,27 @@ from typing import Any, Mapping
 
 __all__ = [
     "TRAIN", "UPDATE", "MECH", "TIME", "VAL", "EVAL", "NAMESPACES", "RECORD_FIELDS",
-    "STEP_RECORD", "EVAL_RECORD",
+    "STEP_RECORD", "EVAL_RECORD", "SFT_RECORD",
     "train", "val", "evaluation", "is_namespaced", "strip_namespace",
     "TRAIN_ACCURACY", "TRAIN_REWARD", "TRAIN_REWARD_STD", "TRAIN_FORMAT_ERROR_RATE", "TRAIN_SEARCHES",
     "TRAIN_RESPONSE_LENGTH", "TRAIN_EPISODE_LENGTH", "TRAIN_ENTROPY", "TRAIN_ENTROPY_TOP",
     "UPDATE_ROLLOUT_LOGPROB_ABSDIFF", "UPDATE_ADV_ABS_MEAN", "UPDATE_CLIP_FRAC", "UPDATE_KL_REF", "UPDATE_PPO_KL",
-    "UPDATE_PG_LOSS", "UPDATE_ENTROPY_LOSS", "UPDATE_GRAD_NORM", "UPDATE_LR",
+    "UPDATE_PG_LOSS", "UPDATE_ENTROPY_LOSS", "UPDATE_GRAD_NORM", "UPDATE_LR", "UPDATE_LOSS",
     "MECH_COV_SELECTED_FRAC", "MECH_FORKING_SELECTED_FRAC",
     "TIME_ROLLOUT", "TIME_OLD_LOGPROB", "TIME_UPDATE", "TIME_STEP", "TIME_GRAD_DIAG", "TIME_METRICS", "TIME_EVAL",
-    "LEGACY_STEP_KEYS", "LEGACY_EVAL_KEYS", "normalize_record",
+    "TIME_ELAPSED", "LEGACY_STEP_KEYS", "LEGACY_EVAL_KEYS", "LEGACY_SFT_KEYS", "normalize_record",
 ]
 
 TRAIN, UPDATE, MECH, TIME, VAL, EVAL = "train/", "update/", "mech/", "time/", "val/", "eval/"
 NAMESPACES = (TRAIN, UPDATE, MECH, TIME, VAL, EVAL)
 
-#: Fields that identify a record (which step, replica, question) or hold nested detail
+#: Fields that identify a record (which step, epoch, replica, question) or hold nested detail
 #: (``controls``); never namespaced, never renamed.
-RECORD_FIELDS = ("step", "replica", "question", "controls")
+RECORD_FIELDS = ("step", "epoch", "replica", "question", "controls")
 
-#: ``normalize_record`` kinds: a metrics.jsonl line, an eval.jsonl / eval_questions.jsonl line.
-STEP_RECORD, EVAL_RECORD = "step", "eval"
+#: ``normalize_record`` kinds: a metrics.jsonl line, an eval.jsonl / eval_questions.jsonl
+#: line, an sft_log.jsonl line.
+STEP_RECORD, EVAL_RECORD, SFT_RECORD = "step", "eval", "sft"
 
 
 def train(metric: str) -> str:
@@ -111,6 +116,9 @@ UPDATE_PG_LOSS = UPDATE + "pg_loss"
 UPDATE_ENTROPY_LOSS = UPDATE + "entropy_loss"
 UPDATE_GRAD_NORM = UPDATE + "grad_norm"
 UPDATE_LR = UPDATE + "lr"
+#: SFT's loss: token-mean NLL over policy tokens (torch's smoothed cross-entropy with
+#: ``SFTConfig.label_smoothing`` > 0).
+UPDATE_LOSS = UPDATE + "loss"
 
 # mech/: objectives' selections (the other mech/ keys are written under these names already)
 MECH_COV_SELECTED_FRAC = MECH + "cov_selected_frac"  # Clip-Cov / KL-Cov covariance-selected share
@@ -124,6 +132,7 @@ TIME_STEP = TIME + "step_s"
 TIME_GRAD_DIAG = TIME + "grad_diag_s"
 TIME_METRICS = TIME + "metrics_s"  # the step hooks (rollout metrics) together
 TIME_EVAL = TIME + "eval_s"  # one evaluation
+TIME_ELAPSED = TIME + "elapsed_s"  # since the run started (SFT)
 
 # ----------------------------------------------------------------------------- legacy names
 
@@ -170,6 +179,16 @@ LEGACY_STEP_KEYS: dict[str, str] = {
 #: eval.jsonl / eval_questions.jsonl keys renamed other than by the rule ``<m>`` -> ``eval/<m>``.
 LEGACY_EVAL_KEYS: dict[str, str] = {"eval_time_s": TIME_EVAL}
 
+#: sft_log.jsonl keys written before the vocabulary -> their names now. Not listed:
+#: ``val_<m>`` (-> ``val/<m>``) and every other plain key, which the epoch-end hook returned
+#: (-> ``val/<k>``, as the SFT trainer now logs a hook's plain keys).
+LEGACY_SFT_KEYS: dict[str, str] = {
+    "loss": UPDATE_LOSS,
+    "grad_norm": UPDATE_GRAD_NORM,
+    "lr": UPDATE_LR,
+    "elapsed_s": TIME_ELAPSED,
+}
+
 
 def _legacy_name(key: str, kind: str) -> str:
     if key in RECORD_FIELDS or is_namespaced(key):
@@ -180,6 +199,10 @@ def _legacy_name(key: str, kind: str) -> str:
         if key.startswith("val_"):
             return val(key[len("val_"):])
         return train(key)
+    if kind == SFT_RECORD:
+        if key in LEGACY_SFT_KEYS:
+            return LEGACY_SFT_KEYS[key]
+        return val(key[len("val_"):] if key.startswith("val_") else key)
     return LEGACY_EVAL_KEYS.get(key) or evaluation(key)
 
 
@@ -187,14 +210,16 @@ def normalize_record(record: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """``record`` with every key under its name in this vocabulary, values untouched.
 
     ``kind``: :data:`STEP_RECORD` for a ``metrics.jsonl`` line, :data:`EVAL_RECORD` for an
-    ``eval.jsonl`` or ``eval_questions.jsonl`` line. Keys already namespaced and the record
+    ``eval.jsonl`` or ``eval_questions.jsonl`` line, :data:`SFT_RECORD` for an
+    ``sft_log.jsonl`` line. Keys already namespaced and the record
     fields (:data:`RECORD_FIELDS`) are kept, so a record written with these names comes back
     equal (idempotent) and old and new files read the same. Raises ValueError for another
     ``kind``, or when two legacy keys map to one name (a record mixing both spellings of a
     metric with different values would otherwise lose one silently).
     """
-    if kind not in (STEP_RECORD, EVAL_RECORD):
-        raise ValueError(f"normalize_record: kind must be {STEP_RECORD!r} or {EVAL_RECORD!r}, got {kind!r}")
+    if kind not in (STEP_RECORD, EVAL_RECORD, SFT_RECORD):
+        raise ValueError(f"normalize_record: kind must be {STEP_RECORD!r}, {EVAL_RECORD!r} or {SFT_RECORD!r}, "
+                         f"got {kind!r}")
     out: dict[str, Any] = {}
     for key, value in record.items():
         name = _legacy_name(str(key), kind)

@@ -46,6 +46,20 @@ def test_validation_prefix_and_strip():
     assert mn.strip_namespace(mn.TRAIN_ENTROPY) == "entropy" and mn.strip_namespace("step") == "step"
 
 
+def test_sft_log_lines_map_to_the_vocabulary():
+    # the three line kinds an sft_log.jsonl held before the vocabulary: step, validation, epoch hook
+    step = {"step": 3, "loss": 1.5, "grad_norm": 0.7, "lr": 1e-3, "elapsed_s": 4.0}
+    assert mn.normalize_record(step, mn.SFT_RECORD) == {
+        "step": 3, mn.UPDATE_LOSS: 1.5, mn.UPDATE_GRAD_NORM: 0.7, mn.UPDATE_LR: 1e-3, mn.TIME_ELAPSED: 4.0}
+    val = {"step": 3, "elapsed_s": 5.0, "val_accuracy": 0.5, "val_num_episodes": 2}
+    assert mn.normalize_record(val, "sft") == {"step": 3, mn.TIME_ELAPSED: 5.0, mn.val("accuracy"): 0.5,
+                                                mn.val("num_episodes"): 2}
+    hook = {"epoch": 1, "step": 3, "sweep_greedy_accuracy": 0.25}
+    new = mn.normalize_record(hook, mn.SFT_RECORD)
+    assert new == {"epoch": 1, "step": 3, mn.val("sweep_greedy_accuracy"): 0.25}
+    assert mn.normalize_record(new, mn.SFT_RECORD) == new  # idempotent
+
+
 def test_bad_kind_and_clash_are_one_clear_error():
     with pytest.raises(ValueError, match="kind must be"):
         mn.normalize_record({"step": 1}, "steps")

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from searchgym.metrics import names as mn
+from searchgym.retrieval.fileio import read_jsonl
+
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -33,6 +36,11 @@ def smoke_inputs(tmp_path_factory):
                                                              for x in t.turns]}) + "\n")
     init_model("smoke", root / "base", world_dir=world)
     return world, root / "base", demos
+
+
+def _sft_log(run_dir: Path) -> list[dict]:
+    """A run's sft_log.jsonl in the metric vocabulary (old logs read the same)."""
+    return [mn.normalize_record(r, mn.SFT_RECORD) for r in read_jsonl(run_dir / "sft_log.jsonl")]
 
 
 def _cfg(smoke_inputs, out, **over):
@@ -81,7 +89,6 @@ def test_label_smoothing_loss_is_torch_smoothed_cross_entropy(smoke_inputs):
 
 
 def test_epoch_checkpoints_hook_and_partial_schedule(smoke_inputs, tmp_path):
-    from searchgym.retrieval.fileio import read_jsonl
     from searchgym.training.sft import train_sft
 
     calls = []
@@ -95,8 +102,8 @@ def test_epoch_checkpoints_hook_and_partial_schedule(smoke_inputs, tmp_path):
     full = train_sft(_cfg(smoke_inputs, tmp_path / "full", save_epochs=True), progress=False, on_epoch_end=hook)
     steps_per_epoch = 3  # 24 demos / batch 8
     assert calls == [(1, steps_per_epoch), (2, 2 * steps_per_epoch)]
-    log = list(read_jsonl(tmp_path / "full" / "sft_log.jsonl"))
-    assert [r["probe"] for r in log if "probe" in r] == [10, 20]
+    log = _sft_log(tmp_path / "full")
+    assert [r[mn.val("probe")] for r in log if mn.val("probe") in r] == [10, 20]
     ep1, ep2 = (tmp_path / "full" / "epochs" / f"epoch-{k}" for k in (1, 2))
     assert json.loads((ep1 / "searchgym_train.json").read_text())["epoch"] == 1
     w_full, w_ep1, w_ep2 = _weights(full), _weights(ep1), _weights(ep2)
@@ -108,12 +115,12 @@ def test_epoch_checkpoints_hook_and_partial_schedule(smoke_inputs, tmp_path):
     assert not (tmp_path / "part" / "epochs").exists()  # save_epochs defaults off
     w_part = _weights(part)
     assert all(torch.allclose(w_part[k], w_ep1[k], atol=1e-6) for k in w_part)
-    lr_full = [r["lr"] for r in log if "lr" in r][:steps_per_epoch]
-    lr_part = [r["lr"] for r in read_jsonl(tmp_path / "part" / "sft_log.jsonl") if "lr" in r]
+    lr_full = [r[mn.UPDATE_LR] for r in log if mn.UPDATE_LR in r][:steps_per_epoch]
+    lr_part = [r[mn.UPDATE_LR] for r in _sft_log(tmp_path / "part") if mn.UPDATE_LR in r]
     assert lr_part == pytest.approx(lr_full)
     # a 1-epoch schedule decays to min lr at its end; the partial one has not
     short = train_sft(_cfg(smoke_inputs, tmp_path / "short", epochs=1), progress=False)
-    lr_short = [r["lr"] for r in read_jsonl(tmp_path / "short" / "sft_log.jsonl") if "lr" in r]
+    lr_short = [r[mn.UPDATE_LR] for r in _sft_log(tmp_path / "short") if mn.UPDATE_LR in r]
     assert lr_short[-1] < lr_part[-1]
     assert short.is_dir()
 

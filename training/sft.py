@@ -5,7 +5,8 @@ Loss: token-mean negative log-likelihood over policy tokens only (prompt and
 log-probs from ``verl.utils.torch_functional.logprobs_from_logits``. AdamW, linear warmup
 then cosine decay, gradient clipping, length-bucketed batches (episodes sorted by length
 and cut into batches, batch order shuffled each epoch, so a batch carries little padding).
-Periodic greedy validation accuracy on the validation split with a progress bar.
+Periodic greedy validation accuracy on the validation split with a progress bar. The log
+(``sft_log.jsonl``) writes the metric vocabulary of :mod:`searchgym.metrics.names`.
 
 ``train_sft(config) -> Path`` is the in-process API; ``searchgym train sft`` wraps it.
 """
@@ -20,6 +21,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from searchgym.metrics import names as mn
 from searchgym.retrieval.fileio import append_jsonl
 from searchgym.training.common import (
     evaluate, load_model, make_envs, make_optimizer, make_scheduler, save_model, set_threads,
@@ -96,11 +98,16 @@ EpochHook = Callable[[Any, Any, int, int], "dict | None"]
 def train_sft(config: SFTConfig, progress: bool = True, on_epoch_end: EpochHook | None = None) -> Path:
     """Fine-tune ``config.model`` on ``config.demos``; returns ``<out>/model``.
 
-    Writes ``<out>/sft_log.jsonl`` (train loss per step, validation results) and the model
-    with ``searchgym_train.json`` (world, config, final validation accuracy, wall time).
-    With ``config.save_epochs`` also ``<out>/epochs/epoch-<k>/`` after every full epoch k.
-    ``on_epoch_end`` (see :data:`EpochHook`) runs after every full epoch; a dict it returns
-    is logged as ``{"epoch": k, "step": s, **dict}``.
+    Writes ``<out>/sft_log.jsonl`` and the model with ``searchgym_train.json`` (world,
+    config, final validation accuracy ``val_accuracy``, wall time). Log lines, in the names
+    of :mod:`searchgym.metrics.names` (old logs read the same through
+    ``normalize_record(line, SFT_RECORD)``): per step ``{"step", "update/loss",
+    "update/grad_norm", "update/lr", "time/elapsed_s"}``; per validation ``{"step",
+    "time/elapsed_s", "val/<m>"}`` (``<m>``: :func:`~searchgym.training.common.evaluate`'s
+    fields). With ``config.save_epochs`` also ``<out>/epochs/epoch-<k>/`` after every full
+    epoch k. ``on_epoch_end`` (see :data:`EpochHook`) runs after every full epoch; a dict
+    it returns is logged as ``{"epoch": k, "step": s, "val/<key>": value}`` (a key already
+    namespaced is kept as it is).
     """
     config.validate()
     for key in ("model", "demos", "out"):
@@ -145,7 +152,7 @@ def train_sft(config: SFTConfig, progress: bool = True, on_epoch_end: EpochHook 
                                     config.world, retriever=config.retriever)
         r = evaluate(model, tok, family=config.eval_family, split=config.val_split,
                      num_questions=config.eval_questions, envs=val_envs, seed=config.seed)
-        rec = {"step": step, "elapsed_s": time.perf_counter() - t_start, **{f"val_{k}": v for k, v in r.items()}}
+        rec = {"step": step, mn.TIME_ELAPSED: time.perf_counter() - t_start, **{mn.val(k): v for k, v in r.items()}}
         append_jsonl(log, rec)
         return rec
 
@@ -163,7 +170,8 @@ def train_sft(config: SFTConfig, progress: bool = True, on_epoch_end: EpochHook 
             rec = on_epoch_end(model, tok, epoch, step)
             model.train()
             if rec:
-                append_jsonl(log, {"epoch": epoch, "step": step, **rec})
+                append_jsonl(log, {"epoch": epoch, "step": step,
+                                   **{k if mn.is_namespaced(k) else mn.val(k): v for k, v in rec.items()}})
 
     step, last_val, epoch = 0, None, 0
     model.train()
@@ -184,14 +192,14 @@ def train_sft(config: SFTConfig, progress: bool = True, on_epoch_end: EpochHook 
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                append_jsonl(log, {"step": step, "loss": float(loss.detach()), "grad_norm": float(gn),
-                                   "lr": float(optimizer.param_groups[0]["lr"]),
-                                   "elapsed_s": time.perf_counter() - t_start})
+                append_jsonl(log, {"step": step, mn.UPDATE_LOSS: float(loss.detach()), mn.UPDATE_GRAD_NORM: float(gn),
+                                   mn.UPDATE_LR: float(optimizer.param_groups[0]["lr"]),
+                                   mn.TIME_ELAPSED: time.perf_counter() - t_start})
                 if bar is not None:
                     bar.update(1)
                     post = {"loss": f"{float(loss):.3f}"}
                     if last_val is not None:
-                        post["val_acc"] = f"{last_val['val_accuracy']:.2f}"
+                        post["val_acc"] = f"{last_val[mn.val('accuracy')]:.2f}"
                     bar.set_postfix(post)
                 if config.eval_every and step % config.eval_every == 0 and step < total:
                     last_val = validate(step)
@@ -213,7 +221,7 @@ def train_sft(config: SFTConfig, progress: bool = True, on_epoch_end: EpochHook 
         "steps": step,
         "episodes": len(kept),
         "episodes_dropped_too_long": dropped,
-        "val_accuracy": last_val["val_accuracy"],
+        "val_accuracy": last_val[mn.val("accuracy")],  # the model's record keeps its key (model folders)
         "val_family": config.eval_family,
         "wall_time_s": time.perf_counter() - t_start,
         "sft": dataclass_to_dict(config),
