@@ -22,7 +22,20 @@ def reference(index_dir):
 
 
 @pytest.fixture(scope="session")
-def smoke_sft_start(tmp_path_factory):
+def smoke_world(tmp_path_factory):
+    """The smoke world (preset ``smoke``, seed 0) with its BM25 index, built once per test
+    session for every test that runs on it. Read-only: a test that needs a dense index
+    builds it beside (``ensure_index(smoke_world, "dense")``, shared the same way); a test
+    that writes files uses its own ``tmp_path``."""
+    from searchgym.envs.world import ensure_index, ensure_world
+
+    world = ensure_world("smoke", 0, root=tmp_path_factory.mktemp("smoke-world"))
+    ensure_index(world, "bm25")
+    return world
+
+
+@pytest.fixture(scope="session")
+def smoke_sft_start(tmp_path_factory, smoke_world):
     """(world dir, SFT model dir): the smoke world with a BM25 index, the tiny model (its
     untrained weights in ``<model>/../../base``, beside the SFT run folder), a 24-step SFT on the scripted mixture agent's correct episodes (groups get reward spread).
     Built once per test session for every test that needs a warm start."""
@@ -32,12 +45,11 @@ def smoke_sft_start(tmp_path_factory):
     from searchgym.agents.policy import run_policy
     from searchgym.agents.scripted import ScriptedPolicy
     from searchgym.envs import make_batch
-    from searchgym.envs.world import ensure_world
     from searchgym.training.config import sft_preset
     from searchgym.training.sft import train_sft
 
     root = tmp_path_factory.mktemp("smoke-sft")
-    world = ensure_world("smoke", 0, root=root / "worlds")
+    world = smoke_world
     envs = make_batch("searchgym/Mixed-v0", 16, world_dir=str(world), retriever="bm25", split="train")
     trajs = run_policy(ScriptedPolicy("mixture"), envs, list(range(len(envs[0].questions))), n=1)
     demos = root / "demos.jsonl"

@@ -10,12 +10,10 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def envs(tmp_path_factory):
+def envs(smoke_world):
     from searchgym.agents.demos import world_envs
-    from searchgym.envs.world import ensure_world
 
-    w = ensure_world("smoke", 0, root=tmp_path_factory.mktemp("home"))
-    return world_envs(w, "test", 4, index_kind="bm25", max_turns=3)
+    return world_envs(smoke_world, "test", 4, index_kind="bm25", max_turns=3)
 
 
 def test_episode_run_records_each_step_and_the_end(envs):

@@ -16,13 +16,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from searchgym.envs.world import ensure_index, ensure_world
+def world(smoke_world):
+    """conftest's session smoke world, with its dense index."""
+    from searchgym.envs.world import ensure_index
 
-    root = tmp_path_factory.mktemp("home")
-    w = ensure_world("smoke", 0, root=root)
-    ensure_index(w, "dense")
-    return w
+    ensure_index(smoke_world, "dense")
+    return smoke_world
 
 
 @pytest.fixture(scope="module")

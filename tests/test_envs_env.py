@@ -21,18 +21,9 @@ from searchgym.envs import (
     step_batch,
     trajectory_signature,
 )
-from searchgym.envs import world as W
 
 IDS = ["searchgym/SingleHop-v0", "searchgym/MultiHop-v0", "searchgym/Comparison-v0",
        "searchgym/MultiAnswer-v0", "searchgym/Mixed-v0"]
-
-
-@pytest.fixture(scope="session")
-def smoke_world(tmp_path_factory):
-    d = tmp_path_factory.mktemp("world") / "smoke"
-    W.write_world(W.generate_world(W.WorldConfig("smoke", 0)), d)
-    W.ensure_index(d, "bm25")
-    return d
 
 
 @pytest.fixture()

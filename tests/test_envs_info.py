@@ -12,20 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from searchgym.envs import ResetInfo, StepInfo, make, make_batch, step_batch
-from searchgym.envs import world as W
 from searchgym.envs.protocol import TAGS
 from searchgym.envs.tasks import Question
 
 RESET_KEYS = set(ResetInfo.__required_keys__)
 STEP_KEYS = set(StepInfo.__required_keys__)
-
-
-@pytest.fixture(scope="module")
-def smoke_world(tmp_path_factory):
-    d = tmp_path_factory.mktemp("world") / "smoke"
-    W.write_world(W.generate_world(W.WorldConfig("smoke", 0)), d)
-    W.ensure_index(d, "bm25")
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,13 @@ BAR = 0.95  # the issue's bar, per family x strategy
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(smoke_world):
+    """conftest's session smoke world, with its dense index."""
     import torch
 
     torch.set_num_threads(1)
-    d = tmp_path_factory.mktemp("oracle") / "smoke"
-    W.write_world(W.generate_world(W.WorldConfig("smoke", 0)), d)
-    W.ensure_index(d, "dense")
-    return d
+    W.ensure_index(smoke_world, "dense")
+    return smoke_world
 
 
 @pytest.fixture(scope="module")

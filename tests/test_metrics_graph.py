@@ -207,18 +207,17 @@ def test_records_and_the_diversity_cli(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- real runs
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """(world, model folder, model, tokenizer, envs): smoke world, BM25 index, untrained tiny
+def smoke(tmp_path_factory, smoke_world):
+    """(world, model folder, model, tokenizer, envs): conftest's smoke world, BM25 index, untrained tiny
     model (smoke preset, tokenizer trained on the world)."""
     import torch
 
     from searchgym.agents.demos import world_envs
     from searchgym.agents.model import init_model, load_model
-    from searchgym.envs.world import ensure_world
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("graph")
-    world = ensure_world("smoke", 0, root=root / "worlds")
+    world = smoke_world
     init_model("smoke", root / "m", world_dir=world, seed=0)
     model, tok = load_model(root / "m")
     envs = world_envs(world, "train", 64, index_kind="bm25")

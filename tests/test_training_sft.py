@@ -17,16 +17,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
-def smoke_inputs(tmp_path_factory):
+def smoke_inputs(tmp_path_factory, smoke_world):
     """(world dir, base model dir, demos file): smoke world, BM25 index, tiny model, 24 demos."""
     from searchgym.agents.model import init_model
     from searchgym.agents.policy import run_policy
     from searchgym.agents.scripted import ScriptedPolicy
     from searchgym.envs import make_batch
-    from searchgym.envs.world import ensure_world
 
     root = tmp_path_factory.mktemp("sft")
-    world = ensure_world("smoke", 0, root=root / "worlds")
+    world = smoke_world
     envs = make_batch("searchgym/Mixed-v0", 8, world_dir=str(world), retriever="bm25", split="train")
     trajs = run_policy(ScriptedPolicy("mixture"), envs, list(range(24)), n=1)
     demos = root / "demos.jsonl"

@@ -22,12 +22,11 @@ PROMPT_LEN, RESPONSE_LEN = 160, 96
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from searchgym.envs.world import ensure_index, ensure_world
+def world(smoke_world):
+    """(world dir, BM25 index dir) of conftest's session smoke world."""
+    from searchgym.envs.world import ensure_index
 
-    root = tmp_path_factory.mktemp("worlds")
-    wd = ensure_world("smoke", seed=0, root=root)
-    return wd, ensure_index(wd, kind="bm25")
+    return smoke_world, ensure_index(smoke_world, kind="bm25")
 
 
 def _make_smoke_env(split="train", world_dir=None, index_dir=None, max_turns=3):
