@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol, runtime_checkable
 
+from searchgym.retrieval.fileio import atomic_path, iter_jsonl
+
 
 @dataclass(frozen=True)
 class Document:
@@ -62,8 +64,6 @@ def read_corpus(path: str | Path) -> Iterator[Document]:
     Raises ``CorpusFormatError`` naming the file and line for a malformed line.
     Blank lines are skipped.
     """
-    from searchgym.retrieval.fileio import iter_jsonl
-
     path = Path(path)
     for lineno, record in iter_jsonl(path, CorpusFormatError):
         if not isinstance(record, dict):
@@ -77,8 +77,6 @@ def read_corpus(path: str | Path) -> Iterator[Document]:
 
 def write_corpus(documents, path: str | Path) -> None:
     """Write documents as Search-R1 JSONL, atomically (temp file + rename)."""
-    from searchgym.retrieval.fileio import atomic_path
-
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for doc in documents:
             f.write(json.dumps({"id": doc.doc_id, "contents": doc.contents}, ensure_ascii=False))

@@ -1,9 +1,16 @@
-"""CLI: ``searchgym index build|import|query`` and ``searchgym serve``."""
+"""CLI: ``searchgym index build|import|query`` and ``searchgym serve``.
+
+The server (FastAPI, ~0.2 s), faiss and torch are imported by the handlers that need them,
+so ``searchgym --help`` does not pay for them."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
+
+from searchgym.retrieval.data_files import sample_corpus_path
+from searchgym.retrieval.index import build_index, import_index, load_retriever, read_manifest
 
 
 def add_commands(subparsers) -> None:
@@ -79,9 +86,6 @@ def add_commands(subparsers) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from searchgym.retrieval.data_files import sample_corpus_path
-    from searchgym.retrieval.index import build_index, read_manifest
-
     corpus = sample_corpus_path() if args.corpus == "sample" else args.corpus
     out = build_index(
         corpus, args.out, kind=args.retriever, encoder=args.encoder, index_type=args.index_type,
@@ -95,8 +99,6 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from searchgym.retrieval.index import import_index, read_manifest
-
     out = import_index(args.faiss, args.corpus, args.out, encoder=args.encoder, query_prefix=args.query_prefix,
                        passage_prefix=args.passage_prefix, link=args.link, force=getattr(args, "force", False))
     m = read_manifest(out)
@@ -108,8 +110,6 @@ def _import(args: argparse.Namespace) -> int:
 def check_port_free(host: str, port: int) -> None:
     """Bind ``host:port`` once (with uvicorn's SO_REUSEADDR) so a busy port is reported as
     one line before the index loads and before any banner is printed."""
-    import socket
-
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be in [0, 65535], got {port}")
     try:
@@ -128,8 +128,6 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from searchgym.retrieval.index import load_retriever
-
     if args.k < 1:
         raise ValueError(f"-k must be >= 1, got {args.k}")
     results = load_retriever(args.index_dir).search(args.queries, args.k)

@@ -20,6 +20,7 @@ throughput matters more than bit-reproducible results through the batching serve
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
@@ -28,6 +29,8 @@ from typing import Iterable
 
 import numpy as np
 from cachetools import LRUCache
+
+from searchgym.retrieval.fileio import atomic_dir
 
 # Never reach for the hub: every encoder is a local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -82,8 +85,6 @@ def _progress_enabled(progress: bool | None) -> bool:
 
 def _export_dir(path: Path) -> Path:
     """Where the ONNX export of the encoder at ``path`` is cached (keyed by its weights)."""
-    import hashlib
-
     h = hashlib.sha256(str(path).encode())
     for f in sorted(path.iterdir()):
         if f.is_file():
@@ -105,8 +106,6 @@ class OnnxInt8Queries:
     def __init__(self, model, path: Path):
         import onnxruntime as ort  # local: ~0.3 s import, only for this backend
         import torch
-
-        from searchgym.retrieval.fileio import atomic_dir
 
         modules = list(model)
         names = [type(m).__name__ for m in modules]

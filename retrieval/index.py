@@ -16,6 +16,10 @@ every env instance that asks for the same folder shares one loaded index and enc
 
 Dense builds report progress: a tqdm bar on a terminal, otherwise ``logging`` lines on the
 ``searchgym.retrieval.index`` logger (to stderr when logging is not configured).
+
+faiss (~60 ms), bm25s (~140 ms), torch (~1 s) and tqdm are imported where an index is
+built or loaded, not with this module: the CLI's output checks and the envs import it to
+read manifests.
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
+
 from searchgym.retrieval.base import CorpusFormatError, Document, read_corpus, write_corpus
+from searchgym.retrieval.bm25 import STOPWORDS, BM25Retriever
+from searchgym.retrieval.dense import INDEX_TYPES, DenseRetriever, apply_search_params, make_faiss_index
+from searchgym.retrieval.encoder import DEFAULT_ENCODER_NAME, Encoder
 from searchgym.retrieval.fileio import atomic_dir, atomic_write_json, check_output, json_marker
 
 log = logging.getLogger(__name__)
@@ -108,8 +117,6 @@ def encode_corpus(enc, passages: list[str], progress: bool | None = None, log_ev
     """Embed ``passages`` with ``enc`` in chunks, reporting progress: tqdm when ``progress``
     (None: stderr is a terminal), else log lines (start, every ``log_every_s``, end) unless
     ``progress is False``. Returns the (n, d) float32 embeddings."""
-    import numpy as np
-
     n = len(passages)
     bar_on = sys.stderr.isatty() if progress is None else bool(progress)
     log_on = progress is None and not bar_on
@@ -184,8 +191,6 @@ def build_index(
     ``force``. Document ids must be unique (``CorpusFormatError`` otherwise). ``threads``
     sets the torch/FAISS CPU threads for the build; progress: see :func:`encode_corpus`.
     """
-    from searchgym.retrieval.dense import INDEX_TYPES
-
     if kind not in KINDS:
         raise ValueError(f"unknown retriever kind {kind!r}; choose one of {', '.join(KINDS)}")
     if kind == "dense" and index_type not in INDEX_TYPES:
@@ -227,9 +232,6 @@ def build_index(
         if kind == "dense":
             import faiss
 
-            from searchgym.retrieval.dense import make_faiss_index
-            from searchgym.retrieval.encoder import Encoder
-
             enc = Encoder(encoder, query_prefix=query_prefix, passage_prefix=passage_prefix, batch_size=batch_size)
             emb = encode_corpus(enc, [f'"{d.title}"\n{d.text}' for d in documents], progress=progress)
             index, params = make_faiss_index(
@@ -242,8 +244,6 @@ def build_index(
             )
             manifest["files"].append(FAISS_FILE)
         else:
-            from searchgym.retrieval.bm25 import STOPWORDS, BM25Retriever
-
             BM25Retriever.build(documents).model.save(str(tmp / BM25_DIR), show_progress=False)
             manifest.update(encoder=None, dimension=None, tokenizer={"stopwords": STOPWORDS})
             manifest["files"].append(BM25_DIR)
@@ -311,8 +311,6 @@ def import_index(
     points at the originals (they must stay). Returns ``out_dir``.
     """
     import faiss
-
-    from searchgym.retrieval.encoder import Encoder
 
     if link not in LINK_MODES:
         raise ValueError(f"unknown link mode {link!r}; choose one of {', '.join(LINK_MODES)}")
@@ -417,8 +415,6 @@ def _load_uncached(index_dir: Path, encoder, cache_size: int, verify: bool):
     if manifest["kind"] == "bm25":
         import bm25s
 
-        from searchgym.retrieval.bm25 import BM25Retriever
-
         bm25_dir = index_dir / BM25_DIR
         try:
             model = bm25s.BM25.load(str(bm25_dir), show_progress=False)
@@ -430,9 +426,6 @@ def _load_uncached(index_dir: Path, encoder, cache_size: int, verify: bool):
         return BM25Retriever(model, documents)
 
     import faiss
-
-    from searchgym.retrieval.dense import DenseRetriever, apply_search_params
-    from searchgym.retrieval.encoder import DEFAULT_ENCODER_NAME, Encoder
 
     faiss_path = index_dir / FAISS_FILE
     try:

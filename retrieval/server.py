@@ -40,14 +40,18 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Mapping
 
+import h11
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
 from pydantic import ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from searchgym.retrieval.base import Hit
+from searchgym.retrieval.index import load_retriever
 
 TOKEN_ENV = "SEARCHGYM_TOKEN"
 
@@ -478,8 +482,6 @@ class _LingeringTransport:
         return self._closing or self._transport.is_closing()
 
     def close(self) -> None:
-        import h11
-
         if self._closing:
             return
         self._closing = True
@@ -500,9 +502,6 @@ def _hardened_h11_protocol(header_timeout_s: float):
     connection that sends nothing, or trickles its headers, is answered 408 and closed
     ``header_timeout_s`` after it opened (or after the first byte of its next request);
     (2) lingering close when a request is refused before its body was read."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
     reply = json.dumps({"detail": f"request headers not received within {header_timeout_s:g} s"}).encode()
     timeout_response = (
         b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
@@ -569,10 +568,6 @@ def _is_loopback(host: str) -> bool:
 def serve(index_dir, host: str = "127.0.0.1", port: int = 8000, config: ServerConfig | None = None,
           log_level: str = "warning", cache_size: int = 10_000) -> None:
     """Load ``index_dir`` and serve it until interrupted."""
-    import uvicorn
-
-    from searchgym.retrieval.index import load_retriever
-
     config = config or ServerConfig()
     if config.token is None and os.environ.get(TOKEN_ENV):
         config.token = os.environ[TOKEN_ENV]

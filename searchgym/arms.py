@@ -1,7 +1,13 @@
 """The experiment's arm stages: the RL-start evaluation of a (warm start, seed) and one RL
 arm (warm start x objective x seed), with the per-step metric hook and the fixed
-evaluation. :mod:`searchgym.experiment` caches and schedules them; their code fingerprint
-starts from this module, so editing the report or the scheduler never invalidates an arm.
+evaluation. :mod:`searchgym.experiment` runs them through the stage cache
+(:mod:`searchgym.cache`) and the process pool (:mod:`searchgym.pool`); their code
+fingerprint starts from this module, so editing the report, the cache or the pool never
+invalidates an arm.
+
+The trainer, the evaluation and the metrics are imported inside the stages and hooks that
+run them (torch, transformers, verl: seconds): the process pool's workers import this
+module to unpickle any task, the SFT and test tasks included.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from searchgym.retrieval.fileio import append_jsonl, atomic_write_text, read_jsonl
 
 __all__ = ["ArmSpec", "StepMetricsHook", "FixedEvaluation", "eval_seeds", "sft_stage", "start_eval_stage",
            "rl_arm_stage"]
@@ -103,8 +111,6 @@ def eval_seeds(seed: int) -> tuple[int, int]:
 
 
 def _write_eval_files(out: Path, records: list[dict], question_records: list[dict]) -> None:
-    from searchgym.retrieval.fileio import atomic_write_text
-
     for name, recs in (("eval.jsonl", records), ("eval_questions.jsonl", question_records)):
         atomic_write_text(out / name, "".join(json.dumps(_strict(r)) + "\n" for r in recs))
 
@@ -154,8 +160,6 @@ def start_eval_stage(spec: ArmSpec, config: dict, out: Path, inputs: dict[str, P
 
 
 def _read_jsonl_lenient(path: Path) -> list[dict]:
-    from searchgym.retrieval.fileio import read_jsonl
-
     return read_jsonl(path) if path.exists() else []
 
 
@@ -164,7 +168,6 @@ def rl_arm_stage(spec: ArmSpec, config: dict, out: Path, inputs: dict[str, Path]
     (replica A sampling seed) every ``eval.every`` steps and at the end, the untrained-model
     control at the end; the RL-start evaluation is the shared start stage's. Resumable from
     ``scratch`` checkpoints."""
-    from searchgym.retrieval.fileio import append_jsonl
     from searchgym.training.checkpoint import latest_checkpoint
     from searchgym.training.rl import RLTrainer
 
@@ -205,8 +208,6 @@ def rl_arm_stage(spec: ArmSpec, config: dict, out: Path, inputs: dict[str, Path]
         qrecs += evals[step]["questions"]
     _write_eval_files(out, recs, qrecs)
     steps = [r for r in _read_jsonl_lenient(run_dir / "metrics.jsonl") if r.get("step", 0) >= 1]
-    from searchgym.retrieval.fileio import atomic_write_text
-
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(_strict(r)) + "\n" for r in steps))
     shutil.copytree(model_dir, out / "model")
     # provenance: the step an interrupted arm resumed from (None: ran from the start)

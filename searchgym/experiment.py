@@ -20,8 +20,11 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from searchgym import report
+from searchgym.agents.demos import build_matched, summarize_pair, write_demos
+from searchgym.agents.model import init_model
 from searchgym.arms import ArmSpec, rl_arm_stage, sft_stage, start_eval_stage
 from searchgym.cache import StageCache, StageConfig, StageResult, code_fingerprint
+from searchgym.envs.world import ensure_index, generate_world, write_world
 from searchgym.pool import ArmOutcome, ArmTask, run_arms
 from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
 # RunFolderBusy: searchgym.sweeps imports it from here
@@ -46,8 +49,6 @@ _CODE = {
 
 def _world_stage(preset):
     def fn(out: Path, inputs: dict, scratch: Path) -> dict:
-        from searchgym.envs.world import ensure_index, generate_world, write_world
-
         world = generate_world(preset.world)
         wdir = write_world(world, out / "world")
         # the envs look for the index at <world>/index-<kind>; build it inside this stage
@@ -58,8 +59,6 @@ def _world_stage(preset):
 
 def _model_stage(preset):
     def fn(out: Path, inputs: dict, scratch: Path) -> dict:
-        from searchgym.agents.model import init_model
-
         return init_model(preset.model.preset, out / "model", world_dir=inputs["world"] / "world",
                           seed=preset.model.seed)
     return fn
@@ -67,8 +66,6 @@ def _model_stage(preset):
 
 def _demos_stage(preset):
     def fn(out: Path, inputs: dict, scratch: Path) -> dict:
-        from searchgym.agents.demos import build_matched, summarize_pair, write_demos
-
         sets = build_matched(inputs["world"] / "world", preset.demos.episodes, split=preset.demos.split,
                              seed=preset.demos.seed, index_kind=preset.index.kind)
         for kind, recs in sets.items():
