@@ -145,6 +145,8 @@ def test_report_json_is_strict_and_readme_block_is_replaced(analysis, tmp_path):
     assert markdown.update_readme(readme, rep, "docs/results/x/report.md")
     new = readme.read_text(encoding="utf-8")
     assert "old" not in new and "after" in new and "Token entropy collapses under RL" in new
+    # the collapse criterion per arm group is generated into the block too (never written by hand)
+    assert "| met in every seed |" in new.split(markdown.README_BEGIN)[1].split(markdown.README_END)[0]
     plain = tmp_path / "plain.md"
     plain.write_text("no block\n", encoding="utf-8")
     assert not markdown.update_readme(plain, rep, "x") and plain.read_text(encoding="utf-8") == "no block\n"
