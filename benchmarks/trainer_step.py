@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from searchgym.metrics.names import TRAIN_EPISODE_LENGTH, TRAIN_RESPONSE_LENGTH, UPDATE_ROLLOUT_LOGPROB_ABSDIFF
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, print_table, rl_bench_setup  # noqa: E402
 
@@ -234,10 +236,10 @@ def main() -> None:
     figs["update_cpu_ratio"] = ratio("update", 1)
     figs["step_wall_ratio"] = ratio("step", 0)
     figs["update_wall_ratio"] = ratio("update", 0)
-    figs["policy_tokens_per_episode"] = float(np.mean([rows["after"][i]["rec"]["response_length"] for i in use]))
-    figs["episode_tokens"] = float(np.mean([rows["after"][i]["rec"]["episode_length"] for i in use]))
+    figs["policy_tokens_per_episode"] = float(np.mean([rows["after"][i]["rec"][TRAIN_RESPONSE_LENGTH] for i in use]))
+    figs["episode_tokens"] = float(np.mean([rows["after"][i]["rec"][TRAIN_EPISODE_LENGTH] for i in use]))
     for side in SIDES:
-        figs[f"{side}_logprob_absdiff"] = float(np.mean([rows[side][i]["rec"]["rollout_logprob_absdiff"]
+        figs[f"{side}_logprob_absdiff"] = float(np.mean([rows[side][i]["rec"][UPDATE_ROLLOUT_LOGPROB_ABSDIFF]
                                                          for i in use]))
 
     table = []
