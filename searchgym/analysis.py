@@ -12,8 +12,8 @@ Input (written by :mod:`searchgym.experiment`, documented in docs/contracts.md,
 - ``metrics.jsonl``: one record per RL step (the trainer's step record + the step hook and
   the mechanism diagnostics), read as ``names.normalize_record(row, names.STEP_RECORD)``;
 - ``eval.jsonl``: one record per fixed evaluation (``step``, ``replica``: "A" for every
-  evaluation, "B" for the RL-start null control; the metrics of all episodes under their
-  ``searchgym.metrics.summarize_rollouts`` names, and ``controls``), read as
+  evaluation, "B" for the RL-start null control; the metrics of all episodes as ``eval/<m>``
+  for their ``searchgym.metrics.summarize_rollouts`` names, and ``controls``), read as
   ``names.normalize_record(row, names.EVAL_RECORD)``, so a metric ``m`` is ``eval/m``
   (files written before the vocabulary, with bare names, read the same);
 - ``eval_questions.jsonl``: the same metrics per question (``step``, ``replica``,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from searchgym.metrics.names import TIME_EVAL
 from searchgym.retrieval.fileio import append_jsonl, atomic_write_text, read_jsonl
 
 __all__ = ["ArmSpec", "StepMetricsHook", "FixedEvaluation", "eval_seeds", "sft_stage", "start_eval_stage",
@@ -156,7 +157,7 @@ def start_eval_stage(spec: ArmSpec, config: dict, out: Path, inputs: dict[str, P
         recs.append(res.record(0, replica))
         qrecs += res.question_records(0, replica)
     _write_eval_files(out, recs, qrecs)
-    return {"eval_time_s": sum(r["eval_time_s"] for r in recs)}
+    return {"eval_time_s": sum(r[TIME_EVAL] for r in recs)}
 
 
 def _read_jsonl_lenient(path: Path) -> list[dict]:
