@@ -34,7 +34,7 @@ import numpy as np
 from searchgym.agents.record import EpisodeRecord
 from searchgym.metrics.controls import collapse_control
 from searchgym.metrics.graph import query_graph_metrics, reasoning_graph_metrics, step_vectors_from_tokens
-from searchgym.metrics.names import EVAL_RECORD, normalize_record
+from searchgym.metrics.names import EVAL_RECORD, TIME_EVAL, normalize_record
 from searchgym.metrics.summary import summarize_rollouts
 
 __all__ = ["EvalResult", "trajectory_records", "teacher_forced_hidden_states", "evaluate_fixed",
@@ -97,8 +97,8 @@ class EvalResult:
 
     def record(self, step: int, replica: str) -> dict:
         """The eval.jsonl line, in the metric vocabulary (``eval/<metric>``, ``time/eval_s``)."""
-        return normalize_record({"step": step, "replica": replica, **self.summary, "controls": self.controls,
-                                 "eval_time_s": self.time_s}, EVAL_RECORD)
+        return {**normalize_record({"step": step, "replica": replica, **self.summary, "controls": self.controls},
+                                   EVAL_RECORD), TIME_EVAL: self.time_s}
 
     def question_records(self, step: int, replica: str) -> list[dict]:
         """The eval_questions.jsonl lines (one per question), in the metric vocabulary."""

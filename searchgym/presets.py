@@ -108,7 +108,7 @@ def get_preset(name: str) -> Preset:
         )
     # The RL regime of pilot, small and full: plain GRPO from the 7-epoch diverse warm start at
     # T = 1.3, probed on 2026-12-02 (training rollouts, token entropy over policy tokens, start
-    # 0.33-0.38 nats; figures in docs/results/pilot and the closing note of that stop):
+    # 0.33-0.38 nats; single-seed probes, their figures below; the confirming run is docs/results/pilot):
     # - 8 questions x 8 samples, 2 PPO epochs x 2 mini-batches, lr 1e-3 constant: entropy x0.85 by
     #   step 27, then blew up at step 28 (to 2-3 nats, the top-20 % tokens' entropy to 7.8 nats,
     #   near uniform over the 4,346-token vocabulary); the same with the tied embedding frozen did
