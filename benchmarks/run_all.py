@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from searchgym.machine import machine_info
+
 HERE = Path(__file__).resolve().parent
 
 #: Run order: retrieval first (it needs the machine quiet for its server processes), then
@@ -67,16 +69,7 @@ def machine() -> dict:
         info["faiss"] = faiss.__version__
     except (ImportError, AttributeError):
         pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-        with open("/proc/meminfo") as f:
-            info["mem_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
-    except OSError:
-        pass
+    info.update({k: v for k, v in machine_info(measure=False).items() if k in ("cpu", "mem_gib")})
     return info
 
 

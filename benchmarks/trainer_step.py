@@ -4,10 +4,13 @@ Two embedded trainers (``RLTrainer``, the class ``searchgym run`` uses, with its
 ``StepMetricsHook``) start from the same warm start with the same config and seed:
 
 - **before**: ``RLTrainer(..., pack=False, reuse_rollout_logprobs=False)``, the original
-  step: a no-grad old-log-prob forward over the right-padded batch, padded mini-batches;
+  step: a no-grad old-log-prob forward over the right-padded batch, padded mini-batches,
+  glibc's default malloc thresholds (``tune_malloc(False)`` before each of its steps);
 - **after**: the defaults: packed sequences (no padding computed) in the update and the
   reference pass, the engine's recorded log-probs / entropies / final-norm hidden states
-  instead of the old-log-prob forward, one ``log_softmax`` for log-prob + entropy.
+  instead of the old-log-prob forward, one ``log_softmax`` for log-prob + entropy, and the
+  raised malloc thresholds (``training.common.tune_malloc``: freed activations are reused,
+  not unmapped and page-faulted in again).
 
 Steps alternate (round r runs before-after when r is even, after-before when odd), so
 load drift hits both sides alike; the ratios are per round, the median reported, for wall
@@ -41,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from searchgym.machine import matmul_peak_gflops
 from searchgym.metrics.names import TRAIN_EPISODE_LENGTH, TRAIN_RESPONSE_LENGTH, UPDATE_ROLLOUT_LOGPROB_ABSDIFF
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,22 +104,6 @@ class CallTimer:
         self.rl.RLTrainer.rollout = self.inner_rollout
 
 
-def matmul_peak_gflops(sizes=(512, 1024, 2048), reps: int = 3) -> float:
-    """Best fp32 GFLOP/s per CPU second (``time.process_time``, so a shared machine's
-    waiting does not count) of square matmuls on the current torch thread count."""
-    import torch
-
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b
-        for _ in range(reps):
-            c0 = time.process_time()
-            a @ b
-            best = max(best, 2 * n**3 / max(time.process_time() - c0, 1e-9) / 1e9)
-    return best
-
-
 def update_flops(model, trajs, ppo_epochs: int) -> float:
     """Useful FLOPs of the PPO update on ``trajs`` (forward + backward, valid tokens only)."""
     cfg = model.config
@@ -158,6 +146,7 @@ def main() -> None:
     import torch
 
     from searchgym.arms import StepMetricsHook
+    from searchgym.training.common import tune_malloc
     from searchgym.training.rl import RLTrainer
 
     tmp = Path(tempfile.mkdtemp(prefix="sg-bench-step-"))
@@ -182,6 +171,7 @@ def main() -> None:
                 order = SIDES if r % 2 == 0 else SIDES[::-1]
                 for side in order:
                     tr = trainers[side]
+                    tune_malloc(side == "after")  # the allocator thresholds are per process: set per side
                     c0 = time.process_time()
                     rec = tr.step_once()
                     cpu = time.process_time() - c0

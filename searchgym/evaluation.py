@@ -62,13 +62,14 @@ def trajectory_records(trajs, hidden: Sequence[np.ndarray] | None = None) -> lis
             for i, t in enumerate(trajs)]
 
 
-def teacher_forced_hidden_states(model, trajs, pad_id: int, batch_size: int = 32) -> list[np.ndarray]:
+def teacher_forced_hidden_states(model, trajs, pad_id: int, batch_size: int = 64) -> list[np.ndarray]:
     """Final-norm hidden states at each trajectory's policy-token positions, computed by one
     teacher-forced forward of prompt + response (the state that emitted each policy token,
-    the engine's convention)."""
+    the engine's convention); packed (no padding computed, no LM head), equal to the padded
+    forward up to float round-off (tested)."""
     import torch
 
-    from searchgym.training.update import forward_logprobs, pad_batch, policy_hidden_states
+    from searchgym.training.update import packed_forward_logprobs, pad_batch, policy_hidden_states
 
     out: list[np.ndarray] = []
     was_training = model.training
@@ -79,8 +80,8 @@ def teacher_forced_hidden_states(model, trajs, pad_id: int, batch_size: int = 32
             ids = [list(t.prompt_ids) + list(t.response_ids) for t in chunk]
             masks = [[0] * len(t.prompt_ids) + list(t.loss_mask) for t in chunk]
             batch = pad_batch(ids, masks, pad_id)
-            _, _, hid = forward_logprobs(model, batch.input_ids, batch.attention_mask, with_entropy=False,
-                                         with_hidden=True, positions=batch.response_mask)
+            _, _, hid = packed_forward_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask,
+                                                with_hidden=True, with_logprobs=False)
             out += [h.float().numpy() for h in policy_hidden_states(hid, batch.response_mask)]
     model.train(was_training)
     return out

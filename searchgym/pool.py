@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from searchgym.arms import ArmSpec
 from searchgym.cache import StageCache, StageResult, stage_key
+from searchgym.training.common import set_threads
 
 __all__ = ["ArmOutcome", "ArmTask", "run_arm_task", "run_arms"]
 
@@ -87,7 +88,7 @@ def run_arm_task(task: ArmTask) -> ArmOutcome:
 
 
 def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
+    set_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 

@@ -23,6 +23,7 @@ from verl.utils import torch_functional as verl_F
 
 from searchgym.agents.model import build_model, build_tokenizer
 from searchgym.agents.rollout import RolloutConfig, RolloutEngine
+from searchgym.evaluation import teacher_forced_hidden_states
 from searchgym.training.objectives import make_objective
 from searchgym.training.rl import RLTrainer
 from searchgym.training.update import (
@@ -180,7 +181,51 @@ def test_engine_recorded_logprobs_entropies_hidden_equal_recompute(lm):
             torch.testing.assert_close(ent, r_ent, atol=1e-4, rtol=0)
             for h, rh in zip(hidden, policy_hidden_states(r_h, b.response_mask)):
                 torch.testing.assert_close(h, rh, atol=1e-4, rtol=0)
+    # the evaluation's teacher-forced pass (packed, no LM head, the untrained-model control's
+    # input) gives the same states as the engine recorded
+    for h, th in zip(hidden, teacher_forced_hidden_states(model, trajs, tok.pad_token_id, batch_size=3)):
+        torch.testing.assert_close(h, torch.from_numpy(th), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        assert packed_forward_logprobs(model, b.input_ids, b.attention_mask, b.response_mask, 0.7,
+                                       with_hidden=True, with_logprobs=False)[:2] == (None, None)
     # a trajectory without recorded hidden states means: recompute (None), never a partial answer
     trajs[3].hidden_states = None
     assert RLTrainer.rollout_tensors(trajs, b, need_hidden=True) is None
     assert RLTrainer.rollout_tensors(trajs, b, need_hidden=False) is not None
+
+
+_MALLOC_PROBE = r"""
+import hashlib, sys, torch
+from searchgym.training.common import set_threads, tune_malloc
+set_threads(1)
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.SiLU(), torch.nn.Linear(1024, 256))
+x = torch.randn(4096, 256)  # 4 MiB activations: above glibc's default mmap threshold
+for _ in range(3):
+    loss = net(x).square().mean()
+    loss.backward()
+h = hashlib.sha256(b"".join(p.grad.numpy().tobytes() for p in net.parameters()))
+print(tune_malloc(), h.hexdigest())
+"""
+
+
+def test_tune_malloc_changes_no_number():
+    """The raised glibc thresholds (``tune_malloc``, applied by ``set_threads``) are in effect
+    on this glibc machine, ``SEARCHGYM_MALLOC=default`` opts out, and gradients are
+    bit-identical either way (the allocator only decides where memory comes from)."""
+    import os
+    import subprocess
+    import sys
+
+    def run(env_value):
+        env = {k: v for k, v in os.environ.items() if k != "SEARCHGYM_MALLOC"}
+        if env_value is not None:
+            env["SEARCHGYM_MALLOC"] = env_value
+        out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE], env=env, capture_output=True, text=True,
+                             timeout=120, check=True).stdout.split()
+        return out[0] == "True", out[1]
+
+    tuned, h_tuned = run(None)
+    plain, h_plain = run("default")
+    assert tuned and not plain
+    assert h_tuned == h_plain

@@ -29,7 +29,7 @@ import torch
 
 from searchgym.metrics import names as mn
 from searchgym.training.objectives import GRPO, Objective, make_objective
-from searchgym.training.update import PaddedBatch, compute_advantages, forward_logprobs
+from searchgym.training.update import PaddedBatch, compute_advantages, packed_forward_logprobs
 
 __all__ = [
     "ZERO_ENTROPY_NATS",
@@ -191,8 +191,9 @@ def policy_gradient_cosine(
                 mb, rb = batch.select(idx), ref_batch.select(idx)
                 if not bool((rb.advantages != 0).any()):
                     continue  # GRPO's gradient is 0 here (no reward spread): no cosine, no cost
-                logp, ent, _ = forward_logprobs(model, mb.input_ids, mb.attention_mask, temperature,
-                                                positions=mb.response_mask)
+                # packed, as ppo_update forwards (no padding computed; equal up to round-off)
+                logp, ent, _ = packed_forward_logprobs(model, mb.input_ids, mb.attention_mask, mb.response_mask,
+                                                       temperature)
                 loss_obj = objective.compute_loss(mb.old_log_probs, logp, mb.advantages, mb.response_mask, ent).loss
                 loss_ref = reference.compute_loss(mb.old_log_probs, logp, rb.advantages, mb.response_mask, ent).loss
                 g_obj = _grads(loss_obj, params, retain=True)

@@ -207,7 +207,8 @@ def packed_forward_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = True,
     with_hidden: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    with_logprobs: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """``forward_logprobs(..., positions=positions)`` computed on the valid tokens only.
 
     The B right-padded rows are packed into one row of ``sum(L_i)`` tokens (position ids
@@ -216,7 +217,8 @@ def packed_forward_logprobs(
     only where ``positions > 0``. Returns the same (B, L-1) label-aligned log-probs and
     entropy as the padded path (0 off ``positions``), equal to it up to float round-off
     (different matmul shapes; tested to 1e-5), and, with ``with_hidden``, (B, L-1, d)
-    final-norm hidden states filled at ``positions`` (0 elsewhere).
+    final-norm hidden states filled at ``positions`` (0 elsewhere). ``with_logprobs=False``
+    skips the LM head (log-probs and entropy are None): the hidden states alone.
     """
     am = attention_mask.bool()
     lengths = am.sum(1)
@@ -238,6 +240,12 @@ def packed_forward_logprobs(
     rows, cols = sel.nonzero(as_tuple=True)  # row-major: the order masked_scatter fills
     idx = torch.as_tensor(offsets[:-1], dtype=torch.long)[rows] + cols
     h_sel = hidden[idx]
+    hid = None
+    if with_hidden:
+        hid = torch.zeros((*sel.shape, hidden.shape[-1]), dtype=hidden.dtype)
+        hid[rows, cols] = h_sel
+    if not with_logprobs:
+        return None, None, hid
     # lm_head(h / T) == lm_head(h) / T (a bias-free projection): dividing the d-wide input
     # instead of the V-wide logits is V / d times fewer elements, forward and backward
     head = model.get_output_embeddings()
@@ -248,10 +256,6 @@ def packed_forward_logprobs(
     lp_sel, ent_sel = logprobs_and_entropy(logits, input_ids[:, 1:][sel], with_entropy)
     logp = torch.zeros(sel.shape, dtype=logits.dtype).masked_scatter(sel, lp_sel)
     ent = None if ent_sel is None else torch.zeros(sel.shape, dtype=logits.dtype).masked_scatter(sel, ent_sel)
-    hid = None
-    if with_hidden:
-        hid = torch.zeros((*sel.shape, hidden.shape[-1]), dtype=hidden.dtype)
-        hid[rows, cols] = h_sel
     return logp, ent, hid
 
 
