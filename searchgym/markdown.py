@@ -66,6 +66,10 @@ def _header(meta: dict, analysis: dict) -> list[str]:
         f"demos, the longer SFT warm start, RL-start evaluations, arms) "
         f"{_fmt(analysis['run_time'].get('from_scratch_s'), 0)} s"
         f"{' (approximate: evaluations or arms read from the cache)' if analysis['run_time'].get('approximate') else ''}."]
+    m = meta.get("machine")
+    if m:  # older runs did not record it; their reports stay as they were
+        lines[0] = lines[0][:-1] + (f"; machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs, 1-thread fp32 matmul "
+                                    f"{_fmt(m.get('matmul_gflops_1thread'), 0)} GFLOP/s.")
     lines += [f"\n**Note:** {note}" for note in meta.get("notes", [])]
     return lines + [""]
 
