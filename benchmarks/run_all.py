@@ -50,12 +50,7 @@ def git_revision() -> str:
 
 
 def machine() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "git": git_revision(),
-    }
+    info = {**machine_info(measure=False), "python": platform.python_version(), "git": git_revision()}
     try:
         import torch
 
@@ -69,7 +64,6 @@ def machine() -> dict:
         info["faiss"] = faiss.__version__
     except (ImportError, AttributeError):
         pass
-    info.update({k: v for k, v in machine_info(measure=False).items() if k in ("cpu", "mem_gib")})
     return info
 
 

@@ -24,8 +24,8 @@ from searchgym.agents.demos import build_matched, summarize_pair, write_demos
 from searchgym.agents.model import init_model
 from searchgym.arms import ArmSpec, rl_arm_stage, sft_stage, start_eval_stage
 from searchgym.cache import StageCache, StageConfig, StageResult, code_fingerprint
-from searchgym.machine import machine_info
 from searchgym.envs.world import ensure_index, generate_world, write_world
+from searchgym.machine import machine_info
 from searchgym.pool import ArmOutcome, ArmTask, run_arms
 from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
 # RunFolderBusy: searchgym.sweeps imports it from here
@@ -133,32 +133,33 @@ def _run_locked(preset, out: Path, progress: bool) -> dict:
     # workers (the pilot's one warm start) gives each task the idle cores' threads
     bar.set_postfix_str("sft " + " + ".join(preset.warm_starts))
     sft_workers = max(1, min(workers, len(preset.warm_starts)))
-    sft_cfg = StageConfig({"sft": preset.sft, "threads": max(1, ncpu // sft_workers),
-                           "progress": progress and sft_workers == 1})
+    sft_threads = max(1, ncpu // sft_workers)
+    sft_cfg = StageConfig({"sft": preset.sft, "threads": sft_threads, "progress": progress and sft_workers == 1})
     sft_tasks = [ArmTask(ArmSpec(ws, "sft", 0), str(cache.root), sft_cfg,
                          {"world": world, "model": model, "demos": demos}, sft_stage, name=f"sft-{ws}",
                          code=code_fingerprint(*_CODE["sft"])) for ws in preset.warm_starts]
     warm = {}
-    for t, o in zip(sft_tasks, run_arms(sft_tasks, workers=sft_workers, threads_per_worker=max(1, ncpu // sft_workers),
+    for t, o in zip(sft_tasks, run_arms(sft_tasks, workers=sft_workers, threads_per_worker=sft_threads,
                                         progress=progress)):
         if o.status != "ok":
             raise RuntimeError(f"{t.stage_name()} failed: {o.error}")
         warm[o.spec.warm_start] = StageResult(t.stage_name(), o.key, Path(o.path), o.cached, o.wall_s, o.built_s)
         timings[t.stage_name()] = {"cached": o.cached, "wall_s": o.wall_s, "built_s": o.built_s, "key": o.key,
-                                   "threads": sft_cfg["threads"]}
+                                   "threads": sft_threads}
     bar.update()
 
     # the RL-start evaluations (one per warm start and seed, shared by its objectives' arms)
     bar.set_postfix_str("RL-start evaluations")
     start_specs = [ArmSpec(ws, "start", seed) for ws in preset.warm_starts for seed in preset.seeds]
     start_workers = max(1, min(workers, len(start_specs)))
-    start_cfg = StageConfig({**arm_cfg, "threads": max(1, ncpu // start_workers)})
+    start_threads = max(1, ncpu // start_workers)
+    start_cfg = StageConfig({**arm_cfg, "threads": start_threads})
     start_tasks = [ArmTask(s, str(cache.root), start_cfg, {"world": world, "warm_start": warm[s.warm_start],
                                                           "model": model},
                            start_eval_stage, stage="eval", code=code_fingerprint(*_CODE["eval"]))
                    for s in start_specs]
     t_eval = time.perf_counter()
-    start_outcomes = run_arms(start_tasks, workers=start_workers, threads_per_worker=max(1, ncpu // start_workers),
+    start_outcomes = run_arms(start_tasks, workers=start_workers, threads_per_worker=start_threads,
                               progress=progress)
     starts = {(o.spec.warm_start, o.spec.seed): o for o in start_outcomes}
     timings["start_evals"] = {"wall_s": time.perf_counter() - t_eval,

@@ -13,7 +13,10 @@ elements at 0.011 x lr).
 from __future__ import annotations
 
 import copy
+import os
 import re
+import subprocess
+import sys
 
 import gymnasium as gym
 import pytest
@@ -213,9 +216,6 @@ def test_tune_malloc_changes_no_number():
     """The raised glibc thresholds (``tune_malloc``, applied by ``set_threads``) are in effect
     on this glibc machine, ``SEARCHGYM_MALLOC=default`` opts out, and gradients are
     bit-identical either way (the allocator only decides where memory comes from)."""
-    import os
-    import subprocess
-    import sys
 
     def run(env_value):
         env = {k: v for k, v in os.environ.items() if k != "SEARCHGYM_MALLOC"}
