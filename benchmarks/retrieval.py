@@ -315,10 +315,11 @@ def main(argv=None) -> int:
         print(f"  server {srv:9s} {clients:3d} clients ({gen:5s}): {res['qps']:8.1f} q/s  p50 {res['p50_ms']:7.1f} ms  "
               f"p99 {res['p99_ms']:7.1f} ms  ({res['requests']} requests; client {res['client_cpu_ms_per_request']:.2f} "
               f"CPU-ms/request)")
-    results["in_process"] = {m: {"batch": 64, "queries": local_n[m, 64], "seconds": local_s[m, 64],
-                                 "qps": local_n[m, 64] / local_s[m, 64]} for m in local}
-    results["in_process_one"] = {m: {"batch": 1, "queries": local_n[m, 1], "seconds": local_s[m, 1],
-                                     "qps": local_n[m, 1] / local_s[m, 1]} for m in local}
+    def rates(batch: int) -> dict:
+        return {m: {"batch": batch, "queries": local_n[m, batch], "seconds": local_s[m, batch],
+                    "qps": local_n[m, batch] / local_s[m, batch]} for m in local}
+
+    results["in_process"], results["in_process_one"] = rates(64), rates(1)
     for m in local:
         print(f"  in-process DenseRetriever.search ({m}), batches of 64: {results['in_process'][m]['qps']:8.1f} q/s; "
               f"one query per call: {results['in_process_one'][m]['qps']:8.1f} q/s")
