@@ -446,7 +446,7 @@ def analyse(arms: list[ArmData], meta: dict | None = None) -> dict:
     claims = _claims(groups, controls, vs_grpo, warm_cmp, table)
     return _clean({
         "meta": meta,
-        "run_time": run_time(meta.get("stage_times") or {}),
+        "run_time": parts_run_time(meta["parts"]) if meta.get("parts") else run_time(meta.get("stage_times") or {}),
         "rules": _rules(),
         "arms": [{"arm_id": a.arm_id, "warm_start": a.warm_start, "objective": a.objective, "seed": a.seed,
                   "status": a.status if a in ok else ("failed" if a.status == "failed" else "no_eval"),
@@ -505,6 +505,15 @@ def run_time(stage_times: Mapping[str, dict]) -> dict:
     return {"from_scratch_s": base + sft + rest, "base_s": base, "sft_s": sft,
             "start_evals_s": float(stage_times.get("start_evals", {}).get("wall_s") or 0.0),
             "arms_s": float(stage_times.get("arms", {}).get("wall_s") or 0.0), "approximate": approx}
+
+
+def parts_run_time(parts: list[dict]) -> dict:
+    """A merged run's time from scratch (:mod:`searchgym.merge`): the sum of its parts' (each
+    part built its own world and warm starts, so this is the compute spent, not the least a
+    single run would take)."""
+    times = [finite(p.get("from_scratch_s")) for p in parts]
+    return {"from_scratch_s": sum(t for t in times if t is not None) if any(t is not None for t in times) else None,
+            "parts_s": times, "approximate": any(t is None or p.get("approximate") for t, p in zip(times, parts))}
 
 
 def _metrics_share(members: list[ArmData]) -> float | None:

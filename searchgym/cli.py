@@ -33,7 +33,7 @@ _COMMAND_MODULES = (
     "searchgym.agents.cli",  # model, demos, eval
     "searchgym.training.cli",  # train, export
     "searchgym.metrics.cli",  # diversity
-    "searchgym.experiment_cli",  # run
+    "searchgym.experiment_cli",  # run, report, merge
 )
 
 
@@ -57,6 +57,10 @@ def _is_rl_run(p: Path) -> bool:
 
 def _is_experiment_run(p: Path) -> bool:
     return _has(p, "cache", ".lock", "report.json", "arms")
+
+
+def _is_merge(p: Path) -> bool:
+    return (p / "merge.json").is_file()
 
 
 def _is_demos_file(p: Path) -> bool:
@@ -112,6 +116,7 @@ OUTPUTS: dict[tuple[str, ...], OutputRule] = {
                                 "a `train rl` run folder (config.json of a run, metrics.jsonl, checkpoints/ or verl_config.yaml)"),
     ("export", "verl"): OutputRule("file", _is_verl_export, "a `searchgym export verl` parquet"),
     ("run",): OutputRule("dir", _is_experiment_run, "a `searchgym run` folder (cache/, arms/, report.json or .lock)"),
+    ("merge",): OutputRule("dir", _is_merge, "a `searchgym merge` folder (merge.json)"),
 }
 
 _SUBCOMMAND_DESTS = ("index_command", "world_command", "model_command", "train_command", "export_format",

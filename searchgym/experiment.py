@@ -23,11 +23,12 @@ from searchgym import report
 from searchgym.agents.demos import build_matched, summarize_pair, write_demos
 from searchgym.agents.model import init_model
 from searchgym.arms import ArmSpec, rl_arm_stage, sft_stage, start_eval_stage
-from searchgym.cache import StageCache, StageConfig, StageResult, code_fingerprint
+from searchgym.cache import StageCache, StageConfig, StageResult, code_fingerprint, stage_key
 from searchgym.envs.world import ensure_index, generate_world, write_world
 from searchgym.machine import machine_info
 from searchgym.pool import ArmOutcome, ArmTask, run_arms
 from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
+from searchgym.retrieval.index import file_sha256
 # RunFolderBusy: searchgym.sweeps imports it from here
 from searchgym.run_folder import RunFolderBusy, remove_stale_temps, run_lock  # noqa: F401
 
@@ -73,6 +74,13 @@ def _demos_stage(preset):
             write_demos(recs, out / f"{kind}.jsonl")
         return summarize_pair(sets)
     return fn
+
+
+def experiment_config_key(preset) -> str:
+    """The hash of everything in ``preset`` that decides an arm's result except which arms
+    run (objectives, warm starts, seeds) and how many workers run them."""
+    return stage_key("experiment", {f: getattr(preset, f) for f in
+                                    ("world", "index", "demos", "model", "sft", "rl", "eval")})
 
 
 def base_stages(preset, cache: StageCache, on_stage: Callable[[StageResult], None] | None = None
@@ -187,6 +195,14 @@ def _run_locked(preset, out: Path, progress: bool) -> dict:
     bar.update()
     bar.close()
 
+    # what makes arms of two runs one experiment (searchgym.merge checks it): the preset's
+    # name and config, the arm code, and each warm start's stage key and weights
+    provenance = {"preset": preset.name, "config": experiment_config_key(preset),
+                  "code": code_fingerprint(*_CODE["arm"]),
+                  "warm_start_key": {ws: r.key for ws, r in warm.items()},
+                  "warm_start_sha256": {ws: file_sha256(r.path / "model" / "model.safetensors")
+                                        for ws, r in warm.items()}}
+
     # the report's inputs: exactly this run's arms. An older report goes first, so a run
     # killed before its new report is written leaves no report rather than a stale one.
     for name in ("report.json", "report.md"):
@@ -202,6 +218,10 @@ def _run_locked(preset, out: Path, progress: bool) -> dict:
                 "arm_id": o.spec.arm_id, "warm_start": o.spec.warm_start, "objective": o.spec.objective,
                 "seed": o.spec.seed, "status": o.status, "error": o.error, "wall_s": o.built_s or o.wall_s,
                 "cached": o.cached, "cache_dir": o.path,
+                "provenance": {"preset": provenance["preset"], "config": provenance["config"],
+                               "code": provenance["code"],
+                               "warm_start_key": provenance["warm_start_key"][o.spec.warm_start],
+                               "warm_start_sha256": provenance["warm_start_sha256"][o.spec.warm_start]},
             })
     total = time.perf_counter() - t_start
     atomic_write_json(out / "timings.json", {"total_s": total, "stages": timings, "machine": machine})

@@ -1,6 +1,6 @@
 """``searchgym run``: the main job (world -> index -> demos -> model -> SFT warm starts ->
 RL arms -> evaluation -> report), cached by content so a rerun resumes; ``searchgym report``:
-re-analyse a run folder.
+re-analyse a run folder; ``searchgym merge``: one report over several runs' arms.
 
 The handlers import the pipeline and the report (scipy, matplotlib, torch: ~0.6 s and
 more) inside them, so ``searchgym --help`` does not pay for them."""
@@ -59,9 +59,42 @@ def add_commands(subparsers) -> None:
     r.add_argument("--readme", default=None, help="README to update (its generated claims block)")
     r.set_defaults(func=_report)
 
+    m = subparsers.add_parser(
+        "merge",
+        help="one report over the arms of several runs of one experiment (a long preset run in parts, whole seeds "
+        "at a time)",
+        description="Check that the runs are one experiment (same preset, config hash, arm code and SFT stage keys "
+        "in every arm.json's provenance; disjoint arms; one warm-start build per seed), copy their arms into "
+        "OUT/arms and write OUT/report.md over all of them (searchgym.merge). The runs are not changed.",
+    )
+    m.add_argument("runs", nargs="+", metavar="RUN", help="run folders, e.g. runs/full-s01 docs/results/full-parts/s234")
+    m.add_argument("--out", required=True, help="the merged run folder (new, empty, or an earlier merge)")
+    m.add_argument("--readme", default=None, help="README to update (its generated claims block)")
+    m.set_defaults(func=_merge)
+
+
+def _merge(args) -> int:
+    from searchgym.merge import merge_runs
+
+    rep = merge_runs(args.out, args.runs)
+    print(f"report: {Path(args.out) / 'report.md'} ({len(rep['arms'])} arms from {len(args.runs)} run(s), "
+          f"{len(rep['claims'])} claims)")
+    return _update_readme(args.readme, rep, Path(args.out))
+
+
+def _update_readme(readme: str | None, rep: dict, run: Path) -> int:
+    from searchgym.markdown import update_readme
+
+    if not readme:
+        return 0
+    if not update_readme(readme, rep, str(run / "report.md")):
+        print(f"{readme}: no generated claims block ({'<!-- claims:begin ... -->'}); README not changed")
+        return 2
+    print(f"updated the claims block of {readme}")
+    return 0
+
 
 def _report(args) -> int:
-    from searchgym.markdown import update_readme
     from searchgym.report import write_report
 
     run = Path(args.run_dir)
@@ -74,13 +107,7 @@ def _report(args) -> int:
             meta = None  # a damaged report is rewritten from the arms
     rep = write_report(run, meta=meta)
     print(f"report: {run / 'report.md'} ({len(rep['arms'])} arms, {len(rep['claims'])} claims)")
-    if args.readme:
-        src = str(run / "report.md")
-        if not update_readme(args.readme, rep, src):
-            print(f"{args.readme}: no generated claims block ({'<!-- claims:begin ... -->'}); README not changed")
-            return 2
-        print(f"updated the claims block of {args.readme}")
-    return 0
+    return _update_readme(args.readme, rep, run)
 
 
 def _run(args) -> int:

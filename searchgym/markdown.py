@@ -55,23 +55,35 @@ def claims_table(analysis: dict) -> list[str]:
 
 def _header(meta: dict, analysis: dict) -> list[str]:
     ev = meta.get("eval") or {}
+    rt = analysis["run_time"]
+    if meta.get("parts"):  # searchgym merge: each part's own seeds, time and machine
+        parts = "; ".join(
+            f"`{e['run']}` (seeds {e['seeds']}, {e['arms']} arms, {_fmt(e.get('from_scratch_s'), 0)} s from scratch"
+            f"{', approximate' if e.get('approximate') else ''}{'; ' + _machine(e['machine']) if e.get('machine') else ''})" for e in meta["parts"])
+        when = (f"assembled by `searchgym merge` from {len(meta['parts'])} run(s): {parts}; compute from scratch, "
+                f"all parts: {_fmt(rt.get('from_scratch_s'), 0)} s.")
+    else:
+        when = (f"wall time of this invocation {_fmt(meta.get('wall_s'), 0)} s on {meta.get('workers', '?')} "
+                f"worker(s); from scratch (the stages' own build times: world + model + demos, the longer SFT warm "
+                f"start, RL-start evaluations, arms) {_fmt(rt.get('from_scratch_s'), 0)} s"
+                f"{' (approximate: evaluations or arms read from the cache)' if rt.get('approximate') else ''}.")
     lines = [
         f"Preset `{meta.get('preset', '?')}`; {len(analysis['arms'])} arm(s) "
         f"({', '.join(meta.get('objectives', []))} x {', '.join(meta.get('warm_starts', []))} x seeds "
         f"{meta.get('seeds', [])}); {meta.get('rl_steps', '?')} RL steps; evaluation: "
         f"{ev.get('questions', '?')} {ev.get('family', '')} {ev.get('split', '')} questions x "
         f"{ev.get('samples', '?')} samples at T = {ev.get('temperature', '?')}, at the RL start and every "
-        f"{ev.get('every', '?')} steps; wall time of this invocation {_fmt(meta.get('wall_s'), 0)} s on "
-        f"{meta.get('workers', '?')} worker(s); from scratch (the stages' own build times: world + model + "
-        f"demos, the longer SFT warm start, RL-start evaluations, arms) "
-        f"{_fmt(analysis['run_time'].get('from_scratch_s'), 0)} s"
-        f"{' (approximate: evaluations or arms read from the cache)' if analysis['run_time'].get('approximate') else ''}."]
+        f"{ev.get('every', '?')} steps; " + when]
     m = meta.get("machine")
     if m:  # older runs did not record it; their reports stay as they were
-        lines[0] = lines[0][:-1] + (f"; machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs, 1-thread fp32 matmul "
-                                    f"{_fmt(m.get('matmul_gflops_1thread'), 0)} GFLOP/s.")
+        lines[0] = lines[0][:-1] + f"; {_machine(m)}."
     lines += [f"\n**Note:** {note}" for note in meta.get("notes", [])]
     return lines + [""]
+
+
+def _machine(m: dict) -> str:
+    return (f"machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs, 1-thread fp32 matmul "
+            f"{_fmt(m.get('matmul_gflops_1thread'), 0)} GFLOP/s")
 
 
 def _controls_rows(controls: dict) -> list[list[str]]:

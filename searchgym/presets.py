@@ -168,6 +168,9 @@ def get_preset(name: str) -> Preset:
         # evaluation of 64 x 8, RL-start evaluations ~115 s each) 70 arms x ~410 s on 2 workers +
         # 10 RL-start evaluations + world and SFT come to ~4 h; even at small's 32 steps with one
         # evaluation it is ~3.2 h. Fitting it needs a faster step (issue 17), not less evaluation.
+        # Until then it runs whole seeds at a time (`--seeds 0 1`, later `--seeds 2 3 4`, each
+        # part inside a 3-hour session) and `searchgym merge` makes the one report, refusing parts
+        # that are not the same experiment (searchgym.merge).
         return replace(base, name="full", objectives=OBJECTIVES_ALL, seeds=(0, 1, 2, 3, 4),
                        rl=replace(base.rl, steps=40), eval=replace(base.eval, questions=64, every=20),
                        budget_s=3 * 3600.0)

@@ -76,3 +76,14 @@ def test_smoke_run_end_to_end_and_cached_rerun(tmp_path, monkeypatch):
     assert len(arms) == 4 and all(a["cached"] for a in arms)
     assert second < first / 3, (first, second)
     assert json.loads((out / "report.json").read_text())["table"] == rep["table"]
+
+    # every arm records what makes it part of this experiment, and a run "merged" alone
+    # (searchgym merge, for presets run whole seeds at a time) reports exactly what it did
+    for a in arms:
+        prov = a["provenance"]
+        assert prov["preset"] == "smoke" and prov["warm_start_key"] == timings["stages"][f"sft-{a['warm_start']}"]["key"]
+        assert len(prov["config"]) == 16 and len(prov["code"]) == 16 and len(prov["warm_start_sha256"]) == 64
+    merged = tmp_path / "merged"
+    assert main(["merge", str(out), "--out", str(merged)]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert json.loads((merged / "report.json").read_text())["claims"] == again["claims"]

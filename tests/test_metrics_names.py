@@ -8,22 +8,20 @@ import pytest
 
 from searchgym.metrics import names as mn
 
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+# the first lines of one arm's files as committed before the vocabulary (un-namespaced keys;
+# docs/results/small/arms/diverse-grpo-s0 at a4524b7): newer runs write the namespaced names
+# directly and would not exercise the mapping
+LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy_arm"
 
 
-def _first_line(pattern: str) -> dict:
-    """The first line of the first committed file matching ``pattern`` that was written before
-    the vocabulary (un-namespaced keys): newer runs (docs/results/pilot) write the
-    namespaced names directly and would not exercise the mapping."""
-    for path in sorted(RESULTS.glob(pattern)):
-        line = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
-        if any(k not in mn.RECORD_FIELDS and not mn.is_namespaced(k) for k in line):
-            return line
-    pytest.fail(f"no committed {pattern} holds legacy keys any more: keep one as a test fixture")
+def _first_line(name: str) -> dict:
+    line = json.loads((LEGACY / name).read_text(encoding="utf-8").splitlines()[0])
+    assert any(k not in mn.RECORD_FIELDS and not mn.is_namespaced(k) for k in line)  # still legacy
+    return line
 
 
 def test_committed_step_record_maps_to_namespaced_names():
-    old = _first_line("*/arms/*/metrics.jsonl")
+    old = _first_line("metrics.jsonl")
     new = mn.normalize_record(old, mn.STEP_RECORD)
     assert len(new) == len(old)  # no two keys collapse
     assert all(k == "step" or mn.is_namespaced(k) for k in new), sorted(new)
@@ -35,8 +33,8 @@ def test_committed_step_record_maps_to_namespaced_names():
 
 
 def test_committed_eval_records_map_to_eval_namespace():
-    for pattern in ("*/arms/*/eval.jsonl", "*/arms/*/eval_questions.jsonl"):
-        old = _first_line(pattern)
+    for name in ("eval.jsonl", "eval_questions.jsonl"):
+        old = _first_line(name)
         new = mn.normalize_record(old, mn.EVAL_RECORD)
         assert new["step"] == old["step"] and new["replica"] == old["replica"]
         assert new[mn.evaluation("accuracy")] == old["accuracy"]

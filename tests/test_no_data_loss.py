@@ -63,6 +63,7 @@ def _commands(proj: Path, tmp: Path) -> dict[tuple[str, ...], list[str]]:
         ("train", "rl"): ["train", "rl", "--init", str(tmp), "--objective", "grpo", "--out", str(proj)],
         ("export", "verl"): ["export", "verl", "--env", "searchgym/SingleHop-v0", "--out", str(proj / "notes" / "todo.txt")],
         ("run",): ["run", "--preset", "smoke", "--out", str(proj)],
+        ("merge",): ["merge", str(tmp), "--out", str(proj)],
     }
 
 
@@ -94,7 +95,7 @@ def _required_stub(words):
         ("world",): [], ("model", "init"): ["--world", "w", "--out", "o"],
         ("demos",): ["--world", "w", "--kind", "narrow", "--out", "o"], ("eval",): ["--policy", "random", "--env", "e"],
         ("train", "sft"): ["--model", "m", "--demos", "d", "--out", "o"], ("train", "rl"): [],
-        ("export", "verl"): ["--out", "o.parquet"], ("run",): [],
+        ("export", "verl"): ["--out", "o.parquet"], ("run",): [], ("merge",): ["r", "--out", "o"],
     }[words]
 
 

@@ -1,0 +1,113 @@
+"""``searchgym merge``: a preset run in parts (whole seeds at a time) gives the report the
+single run would give; parts that are not one experiment are refused in one line, and the
+parts and a foreign output folder are never changed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_experiment_report import SPECS, _write_arm
+
+from searchgym import report
+from searchgym.cli import main
+from searchgym.merge import MergeRefused, merge_runs
+
+PROV = {"preset": "test", "config": "c0nf", "code": "c0de"}
+
+
+def _part(root: Path, name: str, seeds, weights: str = "w0", **changes) -> Path:
+    run = root / name
+    for ws in ("diverse", "narrow"):
+        for obj in SPECS:
+            for seed in seeds:
+                _write_arm(run, ws, obj, seed)
+                path = run / "arms" / f"{ws}-{obj}-s{seed}" / "arm.json"
+                arm = json.loads(path.read_text())
+                arm["provenance"] = {**PROV, "warm_start_key": f"sft-{ws}", "warm_start_sha256": f"{weights}-{ws}",
+                                     **changes}
+                path.write_text(json.dumps(arm))
+    (run / "report.json").write_text(json.dumps({"meta": {
+        "preset": "test", "objectives": list(SPECS), "warm_starts": ["diverse", "narrow"], "seeds": list(seeds),
+        "rl_steps": 20, "workers": 2, "machine": {"cpu": f"cpu of {name}", "cpus": 2, "matmul_gflops_1thread": 80.0},
+        "stage_times": {"world": {"built_s": 10.0}, "sft-diverse": {"built_s": 100.0},
+                        "start_evals": {"wall_s": 50.0, "cached": False}, "arms": {"wall_s": 1000.0}}}}))
+    return run
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_parts_merge_into_the_report_of_one_run(tmp_path):
+    a = _part(tmp_path, "a", (0, 1))
+    b = _part(tmp_path, "b", (2,), weights="w1")  # its warm starts rebuilt elsewhere: allowed
+    before = {p: _snapshot(p) for p in (a, b)}
+    merged = merge_runs(tmp_path / "merged", [a, b])
+    whole = _part(tmp_path, "whole", (0, 1, 2))
+    single = report.write_report(whole, meta={"preset": "test"})
+    assert merged["claims"] == single["claims"] and merged["table"] == single["table"]
+    assert merged["meta"]["seeds"] == [0, 1, 2] and merged["meta"]["objectives"] == list(SPECS)
+    # compute from scratch is the parts' sum; each part is named with its seeds and machine
+    assert merged["run_time"]["from_scratch_s"] == pytest.approx(2 * 1160.0)
+    md = (tmp_path / "merged" / "report.md").read_text()
+    assert "assembled by `searchgym merge` from 2 run(s)" in md and "cpu of b" in md and "seeds [2]" in md
+    assert "built once per part (2 builds" in md
+    assert {p: _snapshot(p) for p in (a, b)} == before  # the parts are untouched
+    # a rerun into the same merge folder replaces its own output
+    assert main(["merge", str(a), str(b), "--out", str(tmp_path / "merged")]) == 0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"config": "other"}, "config hash"),
+    ({"code": "other"}, "arm code fingerprint"),
+    ({"warm_start_key": "sft-other"}, "SFT stage key"),
+])
+def test_parts_of_different_experiments_are_refused(tmp_path, change, message):
+    a = _part(tmp_path, "a", (0,))
+    b = _part(tmp_path, "b", (1,), **change)
+    with pytest.raises(MergeRefused, match=message):
+        merge_runs(tmp_path / "merged", [a, b])
+    assert not (tmp_path / "merged").exists()
+
+
+def test_overlapping_seeds_and_a_seed_with_two_warm_starts_are_refused(tmp_path):
+    a = _part(tmp_path, "a", (0, 1))
+    with pytest.raises(MergeRefused, match="is in both"):
+        merge_runs(tmp_path / "m1", [a, _part(tmp_path, "b", (1,))])
+    # one seed's arms split across parts whose warm starts differ: its pairing would be broken
+    c = _part(tmp_path, "c", (2,))
+    arm = c / "arms" / "narrow-kl_cov-s2"
+    arm.rename(tmp_path / "moved")
+    d = tmp_path / "d"
+    (d / "arms").mkdir(parents=True)
+    (tmp_path / "moved").rename(d / "arms" / "narrow-kl_cov-s2")
+    meta = json.loads((d / "arms" / "narrow-kl_cov-s2" / "arm.json").read_text())
+    meta["provenance"]["warm_start_sha256"] = "w9-narrow"
+    (d / "arms" / "narrow-kl_cov-s2" / "arm.json").write_text(json.dumps(meta))
+    with pytest.raises(MergeRefused, match="seed 2: its narrow arms used different warm-start weights"):
+        merge_runs(tmp_path / "m2", [c, d])
+
+
+def test_cli_refusals_are_one_line_and_touch_nothing(tmp_path, capsys):
+    a = _part(tmp_path, "a", (0,))
+    old = tmp_path / "old"
+    (old / "arms").mkdir(parents=True)
+    (old / "arms" / "x").mkdir()
+    (old / "arms" / "x" / "arm.json").write_text(json.dumps({"arm_id": "x", "warm_start": "diverse",
+                                                             "objective": "grpo", "seed": 0}))
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep")
+    for argv, message in (
+        (["merge", str(a), "--out", str(foreign)], "not empty and not a `searchgym merge` folder"),
+        (["merge", str(a), str(old), "--out", str(tmp_path / "m")], "no provenance"),
+        (["merge", str(a), "--out", str(a), "--force"], "one of the runs"),  # even when forced
+        (["merge", str(tmp_path / "missing"), "--out", str(tmp_path / "m")], "no arms"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert (foreign / "mine.txt").read_text() == "keep" and sorted(p.name for p in foreign.iterdir()) == ["mine.txt"]
+    assert not (tmp_path / "m").exists()
