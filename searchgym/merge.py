@@ -1,7 +1,7 @@
 """``searchgym merge``: one report over the arms of several runs of one experiment.
 
 A preset too long for one sitting (``full``: about 4 h on 2 cores) runs in parts, whole
-seeds at a time (``searchgym run --preset full --seeds 0 1``, later ``--seeds 2 3 4``,
+seeds at a time (``searchgym run --preset full --seeds 0,1``, later ``--seeds 2,3,4``,
 possibly on another machine); merge checks that the parts are the same experiment and
 writes the report over all of them. The parts are the same experiment when every arm
 records (``arm.json`` ``provenance``, written by :mod:`searchgym.experiment`) the same

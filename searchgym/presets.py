@@ -137,15 +137,17 @@ def get_preset(name: str) -> Preset:
         model=ModelStageConfig(preset="small"),
         sft=sft_preset("small"),
         # 32 steps, evaluated at the RL start and the end: 18 arms on 2 single-thread workers, 6
-        # RL-start evaluations, the world and the two SFT warm starts. Measured from scratch
-        # (docs/results/small, 2026-12-02, helpers at nice 15 taking ~5 % of the CPU): 3,808 s =
-        # world 37 + SFT 569 + RL-start evaluations 344 + arms 2,858 (228-381 s each; narrow arms
-        # 15-30 % slower). The issue's target is 3,600 s: missed by 6 %, stated here as measured.
+        # RL-start evaluations, the world and the two SFT warm starts. Measured from scratch by
+        # `make demo` (docs/results/small, 2026-12-02, Intel Xeon, 168 GFLOP/s 1-thread matmul, ~1 CPU-min of tests beside it):
+        # 3,192 s = world + model + demos 21 + SFT 481 + RL-start evaluations 297 + arms 2,394, within
+        # the issue's 3,600 s. The same claims, number for number, as the earlier 3,808 s run (before
+        # the malloc, packed-diagnostic and idle-thread changes). Slower CPUs take longer: the
+        # pilot took 1,071 s on an AMD EPYC (79 GFLOP/s) against 916 s on this Xeon type.
         rl=rl_preset("small", steps=32, **regime),
         eval=EvalConfig(questions=64, samples=8, every=32, temperature=1.3),
         objectives=("grpo", "kl_cov", "entropy_bonus"),
         seeds=(0, 1, 2),
-        budget_s=3850.0,
+        budget_s=3600.0,
     )
     if name == "pilot":
         # plain GRPO from the diverse warm start, 2 seeds: does token entropy fall to <= 0.5
@@ -168,7 +170,7 @@ def get_preset(name: str) -> Preset:
         # evaluation of 64 x 8, RL-start evaluations ~115 s each) 70 arms x ~410 s on 2 workers +
         # 10 RL-start evaluations + world and SFT come to ~4 h; even at small's 32 steps with one
         # evaluation it is ~3.2 h. Fitting it needs a faster step (issue 17), not less evaluation.
-        # Until then it runs whole seeds at a time (`--seeds 0 1`, later `--seeds 2 3 4`, each
+        # Until then it runs whole seeds at a time (`--seeds 0,1`, later `--seeds 2,3,4`, each
         # part inside a 3-hour session) and `searchgym merge` makes the one report, refusing parts
         # that are not the same experiment (searchgym.merge).
         return replace(base, name="full", objectives=OBJECTIVES_ALL, seeds=(0, 1, 2, 3, 4),

@@ -43,8 +43,8 @@ def test_main_presets_evaluate_enough_to_rank(name):
 
 def test_small_and_full_sizes_and_budgets():
     small, full = get_preset("small"), get_preset("full")
-    # issue 13's target is 60 min; the stated budget is the measured 3,808 s rounded up (presets.py)
-    assert len(small.seeds) >= 3 and small.budget_s <= 3850
+    # issue 13's target is 60 min (measured 3,192 s on the Xeon, presets.py)
+    assert len(small.seeds) >= 3 and small.budget_s <= 3600
     assert set(full.objectives) == set(OBJECTIVES_ALL) and len(full.seeds) >= 5
     assert full.rl.steps > small.rl.steps and full.budget_s <= 3 * 3600
 
