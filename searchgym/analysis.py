@@ -170,27 +170,45 @@ class ArmData:
         return finite((self.eval_record(step, replica) or {}).get(names.evaluation(name)))
 
 
+#: An arm folder's record files (``<run>/arms/<arm_id>/``, beside its ``arm.json``) and the
+#: ArmData field each fills: what a run writes, merge copies and the report reads.
+ARM_RECORD_FILES = {"metrics.jsonl": "steps", "eval.jsonl": "evals", "eval_questions.jsonl": "questions"}
+
+
+def arm_dirs(run_dir: str | Path) -> list[Path]:
+    """The arm folders of a run (those holding an ``arm.json``), sorted; [] without ``arms/``."""
+    arms_dir = Path(run_dir) / "arms"
+    if not arms_dir.is_dir():
+        return []
+    return sorted(p for p in arms_dir.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / "arm.json").exists())
+
+
+def read_arm_json(path: Path) -> dict:
+    """An ``arm.json``, checked for the keys every reader needs (one-line ValueError)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg})") from None
+    missing = [k for k in ("arm_id", "warm_start", "objective", "seed") if k not in meta] \
+        if isinstance(meta, dict) else ["(not an object)"]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing}")
+    return meta
+
+
 def load_arms(run_dir: str | Path) -> list[ArmData]:
     """Read every ``arms/*/arm.json`` (+ jsonl records) under ``run_dir``."""
     arms_dir = Path(run_dir) / "arms"
     if not arms_dir.is_dir():
         raise FileNotFoundError(f"{arms_dir}: no arms folder (run `searchgym run` first)")
     arms = []
-    for d in sorted(p for p in arms_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        meta_path = d / "arm.json"
-        if not meta_path.exists():
-            continue
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{meta_path}: not valid JSON ({exc.msg})") from None
-        missing = [k for k in ("arm_id", "warm_start", "objective", "seed") if k not in meta]
-        if missing:
-            raise ValueError(f"{meta_path}: missing keys {missing}")
+    for d in arm_dirs(run_dir):
+        meta = read_arm_json(d / "arm.json")
         arm = ArmData(arm_id=meta["arm_id"], warm_start=meta["warm_start"], objective=meta["objective"],
                       seed=int(meta["seed"]), status=meta.get("status", "ok"), error=meta.get("error"),
                       wall_s=meta.get("wall_s"))
-        for name, attr in (("metrics.jsonl", "steps"), ("eval.jsonl", "evals"), ("eval_questions.jsonl", "questions")):
+        for name, attr in ARM_RECORD_FILES.items():
             path = d / name
             if path.exists():
                 # the one read of the rows: old (un-namespaced) and new files read the same

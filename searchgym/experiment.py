@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from searchgym import report
 from searchgym.agents.demos import build_matched, summarize_pair, write_demos
 from searchgym.agents.model import init_model
+from searchgym.analysis import ARM_RECORD_FILES
 from searchgym.arms import ArmSpec, rl_arm_stage, sft_stage, start_eval_stage
 from searchgym.cache import StageCache, StageConfig, StageResult, code_fingerprint, stage_key
 from searchgym.envs.world import ensure_index, generate_world, write_world
@@ -197,11 +198,11 @@ def _run_locked(preset, out: Path, progress: bool) -> dict:
 
     # what makes arms of two runs one experiment (searchgym.merge checks it): the preset's
     # name and config, the arm code, and each warm start's stage key and weights
-    provenance = {"preset": preset.name, "config": experiment_config_key(preset),
-                  "code": code_fingerprint(*_CODE["arm"]),
-                  "warm_start_key": {ws: r.key for ws, r in warm.items()},
-                  "warm_start_sha256": {ws: file_sha256(r.path / "model" / "model.safetensors")
-                                        for ws, r in warm.items()}}
+    experiment = {"preset": preset.name, "config": experiment_config_key(preset),
+                  "code": code_fingerprint(*_CODE["arm"])}
+    provenance = {ws: {**experiment, "warm_start_key": r.key,
+                       "warm_start_sha256": file_sha256(r.path / "model" / "model.safetensors")}
+                  for ws, r in warm.items()}
 
     # the report's inputs: exactly this run's arms. An older report goes first, so a run
     # killed before its new report is written leaves no report rather than a stale one.
@@ -212,16 +213,13 @@ def _run_locked(preset, out: Path, progress: bool) -> dict:
             d = tmp / o.spec.arm_id
             d.mkdir()
             if o.status == "ok":
-                for name in ("metrics.jsonl", "eval.jsonl", "eval_questions.jsonl"):
+                for name in ARM_RECORD_FILES:
                     shutil.copyfile(Path(o.path) / name, d / name)
             atomic_write_json(d / "arm.json", {
                 "arm_id": o.spec.arm_id, "warm_start": o.spec.warm_start, "objective": o.spec.objective,
                 "seed": o.spec.seed, "status": o.status, "error": o.error, "wall_s": o.built_s or o.wall_s,
                 "cached": o.cached, "cache_dir": o.path,
-                "provenance": {"preset": provenance["preset"], "config": provenance["config"],
-                               "code": provenance["code"],
-                               "warm_start_key": provenance["warm_start_key"][o.spec.warm_start],
-                               "warm_start_sha256": provenance["warm_start_sha256"][o.spec.warm_start]},
+                "provenance": provenance[o.spec.warm_start],
             })
     total = time.perf_counter() - t_start
     atomic_write_json(out / "timings.json", {"total_s": total, "stages": timings, "machine": machine})

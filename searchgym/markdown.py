@@ -59,7 +59,8 @@ def _header(meta: dict, analysis: dict) -> list[str]:
     if meta.get("parts"):  # searchgym merge: each part's own seeds, time and machine
         parts = "; ".join(
             f"`{e['run']}` (seeds {e['seeds']}, {e['arms']} arms, {_fmt(e.get('from_scratch_s'), 0)} s from scratch"
-            f"{', approximate' if e.get('approximate') else ''}{'; ' + _machine(e['machine']) if e.get('machine') else ''})" for e in meta["parts"])
+            f"{', approximate' if e.get('approximate') else ''}"
+            f"{'; ' + _machine(e['machine']) if e.get('machine') else ''})" for e in meta["parts"])
         when = (f"assembled by `searchgym merge` from {len(meta['parts'])} run(s): {parts}; compute from scratch, "
                 f"all parts: {_fmt(rt.get('from_scratch_s'), 0)} s.")
     else:

@@ -22,12 +22,12 @@ import json
 import shutil
 from pathlib import Path
 
-from searchgym.analysis import run_time
+from searchgym.analysis import ARM_RECORD_FILES, arm_dirs, read_arm_json, run_time
 from searchgym.report import write_report
 from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
 
 MARKER = "merge.json"
-ARM_FILES = ("arm.json", "metrics.jsonl", "eval.jsonl", "eval_questions.jsonl")
+ARM_FILES = ("arm.json", *ARM_RECORD_FILES)
 _SAME = {"preset": "preset", "config": "config hash", "code": "arm code fingerprint"}
 
 
@@ -44,10 +44,10 @@ def _read_json(path: Path) -> dict:
 
 def _read_part(run: Path) -> tuple[dict, list[tuple[Path, dict]]]:
     """A part's report meta and its (arm folder, arm.json) pairs."""
-    arms_dir = run / "arms"
-    dirs = sorted(d for d in arms_dir.iterdir() if d.is_dir() and not d.name.startswith(".")) \
-        if arms_dir.is_dir() else []
-    arms = [(d, _read_json(d / "arm.json")) for d in dirs if (d / "arm.json").is_file()]
+    try:
+        arms = [(d, read_arm_json(d / "arm.json")) for d in arm_dirs(run)]
+    except (OSError, ValueError) as exc:
+        raise MergeRefused(str(exc)) from None
     if not arms:
         raise MergeRefused(f"{run}: no arms/*/arm.json (not a `searchgym run` folder?)")
     for d, a in arms:

@@ -97,12 +97,17 @@ def test_cli_refusals_are_one_line_and_touch_nothing(tmp_path, capsys):
     (old / "arms" / "x").mkdir()
     (old / "arms" / "x" / "arm.json").write_text(json.dumps({"arm_id": "x", "warm_start": "diverse",
                                                              "objective": "grpo", "seed": 0}))
+    torn = tmp_path / "torn"  # an arm.json without its seed: named, not a KeyError
+    (torn / "arms" / "y").mkdir(parents=True)
+    (torn / "arms" / "y" / "arm.json").write_text(json.dumps({"arm_id": "y", "warm_start": "diverse",
+                                                              "objective": "grpo"}))
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "mine.txt").write_text("keep")
     for argv, message in (
         (["merge", str(a), "--out", str(foreign)], "not empty and not a `searchgym merge` folder"),
         (["merge", str(a), str(old), "--out", str(tmp_path / "m")], "no provenance"),
+        (["merge", str(a), str(torn), "--out", str(tmp_path / "m")], "missing keys ['seed']"),
         (["merge", str(a), "--out", str(a), "--force"], "one of the runs"),  # even when forced
         (["merge", str(tmp_path / "missing"), "--out", str(tmp_path / "m")], "no arms"),
     ):
