@@ -53,10 +53,11 @@ def add_commands(subparsers) -> None:
         help="re-analyse a run folder's per-arm files and rewrite its report (no training)",
         description="Read RUN/arms/*/ (arm.json, metrics.jsonl, eval.jsonl, eval_questions.jsonl), recompute "
         "every number, control and verdict, and rewrite RUN/report.md, report.json and figures. With --readme, "
-        "also replace the README's generated claims block with this report's claims table.",
+        "also replace the README's generated claims block for this report (its begin marker names "
+        "RUN/report.md) with its claims table.",
     )
     r.add_argument("run_dir", help="a run folder (e.g. runs/small or docs/results/small)")
-    r.add_argument("--readme", default=None, help="README to update (its generated claims block)")
+    r.add_argument("--readme", default=None, help="README to update (its generated claims block for this report)")
     r.set_defaults(func=_report)
 
     m = subparsers.add_parser(
@@ -69,7 +70,7 @@ def add_commands(subparsers) -> None:
     )
     m.add_argument("runs", nargs="+", metavar="RUN", help="run folders, e.g. runs/full-s01 docs/results/full-parts/s234")
     m.add_argument("--out", required=True, help="the merged run folder (new, empty, or an earlier merge)")
-    m.add_argument("--readme", default=None, help="README to update (its generated claims block)")
+    m.add_argument("--readme", default=None, help="README to update (its generated claims block for this report)")
     m.set_defaults(func=_merge)
 
 
@@ -87,8 +88,10 @@ def _update_readme(readme: str | None, rep: dict, run: Path) -> int:
 
     if not readme:
         return 0
-    if not update_readme(readme, rep, str(run / "report.md")):
-        print(f"{readme}: no generated claims block ({'<!-- claims:begin ... -->'}); README not changed")
+    source = str(run / "report.md")
+    if not update_readme(readme, rep, source):
+        print(f"{readme}: no generated claims block for {source} (<!-- claims:begin {source} ... -->); "
+              "README not changed")
         return 2
     print(f"updated the claims block of {readme}")
     return 0

@@ -150,7 +150,33 @@ def test_report_json_is_strict_and_readme_block_is_replaced(analysis, tmp_path):
     new = readme.read_text(encoding="utf-8")
     assert "old" not in new and "after" in new and "Token entropy collapses under RL" in new
     # the collapse criterion per arm group is generated into the block too (never written by hand)
-    assert "| met in every seed |" in new.split(markdown.README_BEGIN)[1].split(markdown.README_END)[0]
+    begin = markdown.README_BEGIN_FOR.format(source="docs/results/x/report.md")
+    assert "| met in every seed |" in new.split(begin)[1].split(markdown.README_END)[0]
     plain = tmp_path / "plain.md"
     plain.write_text("no block\n", encoding="utf-8")
     assert not markdown.update_readme(plain, rep, "x") and plain.read_text(encoding="utf-8") == "no block\n"
+
+
+def test_readme_blocks_are_one_per_report(analysis, tmp_path):
+    """Each report updates only the block that names it; the untagged older block is taken
+    (and tagged) only when it is the one block, so a second report never overwrites it."""
+    _, rep = analysis
+    small, full = "docs/results/small/report.md", "docs/results/full/report.md"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{markdown.README_BEGIN}\nold small\n{markdown.README_END}\n", encoding="utf-8")
+    assert markdown.update_readme(readme, rep, small)  # the older block becomes small's
+    text = readme.read_text(encoding="utf-8")
+    assert markdown.README_BEGIN_FOR.format(source=small) in text and "old small" not in text
+    assert not markdown.update_readme(readme, rep, full) and readme.read_text(encoding="utf-8") == text
+    full_block = f"{markdown.README_BEGIN_FOR.format(source=full)}\nold full\n{markdown.README_END}\n"
+    readme.write_text(full_block + "\nbetween\n\n" + text, encoding="utf-8")
+    assert markdown.update_readme(readme, rep, full)
+    new = readme.read_text(encoding="utf-8")
+    assert "old full" not in new and new.endswith(text) and "between" in new
+    assert new.count(f"Claims table of [`{full}`]") == 1 and new.count(f"Claims table of [`{small}`]") == 1
+    assert markdown.update_readme(readme, rep, small) and readme.read_text(encoding="utf-8") == new
+    # two untagged blocks: neither is anyone's
+    two = tmp_path / "two.md"
+    two.write_text(f"{markdown.README_BEGIN}\na\n{markdown.README_END}\n{markdown.README_BEGIN}\nb\n{markdown.README_END}\n",
+                   encoding="utf-8")
+    assert not markdown.update_readme(two, rep, small)
