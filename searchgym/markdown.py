@@ -253,15 +253,10 @@ def update_readme(readme: str | Path, analysis: dict, source: str) -> bool:
     readme = Path(readme)
     text = readme.read_text(encoding="utf-8")
     begin = README_BEGIN_FOR.format(source=source)
-    if begin not in text:
-        if not (len(_BEGIN_ANY.findall(text)) == 1 and README_BEGIN in text):
-            return False
-        begin_found = README_BEGIN
-    else:
-        begin_found = begin
-    head, rest = text.split(begin_found, 1)
-    if README_END not in rest:
+    found = begin if begin in text else README_BEGIN if _BEGIN_ANY.findall(text) == [README_BEGIN] else None
+    if found is None or README_END not in text.split(found, 1)[1]:
         return False
+    head, rest = text.split(found, 1)
     _, tail = rest.split(README_END, 1)
     block = "\n".join([begin, f"Claims table of [`{source}`]({source}), generated from its numbers:", ""]
                       + claims_table(analysis)

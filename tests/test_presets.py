@@ -51,6 +51,13 @@ def test_small_and_full_sizes_and_budgets():
     assert full.rl.steps > small.rl.steps and full.budget_s <= 13_700
 
 
+@pytest.mark.xfail(strict=True, reason="issue 13: full's 3 h target is missed (13,669 s measured); when a "
+                   "faster step makes it fit, this passes and the strict xfail fails: drop the marker")
+def test_committed_full_report_fits_the_3_hour_target():
+    rep = json.loads((RESULTS / "full" / "report.json").read_text(encoding="utf-8"))
+    assert rep["run_time"]["from_scratch_s"] <= 3 * 3600
+
+
 @pytest.mark.parametrize("name", [n for n in PRESET_NAMES if (RESULTS / n / "report.json").is_file()])
 def test_committed_report_ran_within_its_presets_budget(name):
     """A committed report's measured time from scratch (the stages' own build times) is
