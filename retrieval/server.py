@@ -48,6 +48,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StrictIn
 from pydantic import ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from searchgym.retrieval.base import Hit
@@ -206,6 +207,18 @@ def format_result(results: list[list[Hit]], return_scores: bool) -> dict:
     if return_scores:
         return {"result": [[{"document": _document(h), "score": h.score} for h in hits] for hits in results]}
     return {"result": [[_document(h) for h in hits] for hits in results]}
+
+
+class RawEndpoint:
+    """An ASGI app around ``handler(request) -> Response``: Starlette's ``Route`` runs a
+    non-function endpoint as-is, without FastAPI's request machinery."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    async def __call__(self, scope, receive, send) -> None:
+        response = await self.handler(Request(scope, receive, send))
+        await response(scope, receive, send)
 
 
 class ServerShuttingDown(RuntimeError):
@@ -420,7 +433,6 @@ def create_app(retriever, config: ServerConfig | None = None):
                 raise RequestError(413, f"request body too large: over {config.max_body_bytes} bytes")
         return bytes(body)
 
-    @app.post("/retrieve")
     async def retrieve(request: Request):
         if not authorized(request):
             return error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
@@ -446,6 +458,10 @@ def create_app(retriever, config: ServerConfig | None = None):
             return error(503, str(exc))  # the client retries against the restarted server
         body = json.dumps(format_result(results, return_scores), ensure_ascii=False).encode("utf-8")
         return Response(body, media_type="application/json")
+
+    # A plain Starlette route: FastAPI's per-request dependency solving and exit stacks
+    # were a third of the event loop's time per request (profiled at 64 clients).
+    app.router.routes.append(Route("/retrieve", RawEndpoint(retrieve), methods=["POST"]))
 
     @app.get("/health")
     async def health():
