@@ -6,8 +6,8 @@ Two embedded trainers (``RLTrainer``, the class ``searchgym run`` uses, with its
 - **before**: ``RLTrainer(..., pack=False, reuse_rollout_logprobs=False)``, the original
   step: a no-grad old-log-prob forward over the right-padded batch, padded mini-batches,
   glibc's default malloc thresholds (``tune_malloc(False)`` before each of its steps);
-- **after**: the defaults: packed sequences (no padding computed) in the update and the
-  reference pass, the engine's recorded log-probs / entropies / final-norm hidden states
+- **after**: the defaults: packed sequences (no padding computed, a prompt shared by a
+  question's samples computed once) in the update and the reference pass, the engine's recorded log-probs / entropies / final-norm hidden states
   instead of the old-log-prob forward, one ``log_softmax`` for log-prob + entropy, and the
   raised malloc thresholds (``training.common.tune_malloc``: freed activations are reused,
   not unmapped and page-faulted in again).
@@ -28,7 +28,10 @@ The update's **fraction of the matmul peak**: useful FLOPs of the update (valid 
 only: 6 x linear parameters per token, 6 x d x V per policy token for the LM head,
 6 x d x L^2 per layer per sequence for causal attention; per PPO epoch) / update seconds /
 the fp32 1-thread matmul peak, measured in the same run between the rounds (best of
-square 512/1024/2048 matmuls).
+square 512/1024/2048 matmuls). The fast path computes a prompt shared by a question's
+samples once (``update.pack_layout``), so it is also given on the FLOPs it computed
+("on computed FLOPs": the hardware's efficiency), and the sharing alone is measured side
+by side on the last batch (packed forward + backward, shared vs once per sample).
 
     python benchmarks/trainer_step.py [--quick] [--steps 5] [--kl-coef 0] [--batch-questions 8 --n-samples 4]
 """
@@ -105,17 +108,98 @@ class CallTimer:
 
 
 def update_flops(model, trajs, ppo_epochs: int) -> float:
-    """Useful FLOPs of the PPO update on ``trajs`` (forward + backward, valid tokens only)."""
+    """Useful FLOPs of the PPO update on ``trajs`` (forward + backward, every episode's valid
+    tokens, no padding)."""
+    lens = np.array([len(t.prompt_ids) + len(t.response_ids) for t in trajs], dtype=np.float64)
+    policy = float(sum(sum(t.loss_mask) for t in trajs))
+    return ppo_epochs * computed_flops(model, lens.sum(), (lens**2).sum(), policy)
+
+
+class LayoutCounter:
+    """Counts what the update's packed forwards compute: wraps ``update.pack_layout`` and,
+    for calls with autograd on (the update, not the no-grad passes), records the packed
+    tokens and the attention term sum n (2 m + n) over segments (n queries, m shared-prefix
+    keys), so the update's FLOPs can be counted on the tokens actually computed."""
+
+    def __init__(self):
+        import searchgym.training.update as update
+
+        self.update, self.inner = update, update.pack_layout
+        self.tokens, self.attention = 0, 0
+
+    def __enter__(self):
+        import torch
+
+        def counted(*a, **kw):
+            layout = self.inner(*a, **kw)
+            if torch.is_grad_enabled():
+                sizes = [e - b for b, e in layout.spans]
+                self.tokens += len(layout.token_ids)
+                self.attention += sum(n * (2 * (sizes[j] if j >= 0 else 0) + n)
+                                      for n, j in zip(sizes, layout.prefix_of))
+            return layout
+
+        self.update.pack_layout = counted
+        return self
+
+    def __exit__(self, *exc):
+        self.update.pack_layout = self.inner
+
+    def take(self) -> tuple[int, int]:
+        out = (self.tokens, self.attention)
+        self.tokens, self.attention = 0, 0
+        return out
+
+
+def computed_flops(model, tokens: float, attention: float, policy_tokens: float) -> float:
+    """Forward + backward FLOPs of ``tokens`` tokens through the decoder (6 x linear
+    parameters each), causal attention with ``attention`` = sum of L^2 over sequences (6 x
+    d x L^2 per layer; ``LayoutCounter``'s term for packed segments) and the LM head on
+    ``policy_tokens`` (6 x d x V each)."""
     cfg = model.config
     d, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
     names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     linear = sum(p.numel() for n, p in model.named_parameters()
                  if n.endswith(".weight") and any(f".{k}." in n for k in names))
     heads_dim = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or d // cfg.num_attention_heads)
-    lens = np.array([len(t.prompt_ids) + len(t.response_ids) for t in trajs], dtype=np.float64)
-    policy = float(sum(sum(t.loss_mask) for t in trajs))
-    per_epoch = 6 * linear * lens.sum() + 6 * d * vocab * policy + 6 * heads_dim * layers * (lens**2).sum()
-    return float(per_epoch * ppo_epochs)
+    return float(6 * linear * tokens + 6 * d * vocab * policy_tokens + 6 * heads_dim * layers * attention)
+
+
+def prefix_sharing(trainer, rounds: int = 3) -> dict:
+    """Packed forward + backward of the trainer's last batch (its mini-batch count), the
+    prompt shared by a question's samples computed once vs once per sample, interleaved:
+    median CPU-time ratio, packed tokens each way, and the largest |log-prob| difference."""
+    import torch
+
+    from searchgym.training.update import pack_layout, packed_forward_logprobs
+
+    model, cfg = trainer.model, trainer.cfg
+    batch = trainer.make_batch(trainer.last_trajectories)
+    parts = [batch.select(idx) for idx in torch.tensor_split(torch.arange(len(batch)), cfg.num_minibatches)]
+
+    def run(share: bool) -> tuple[float, list]:
+        c0, out = time.process_time(), []
+        for mb in parts:
+            model.zero_grad(set_to_none=True)
+            lp, ent, _ = packed_forward_logprobs(model, mb.input_ids, mb.attention_mask, mb.response_mask,
+                                                 cfg.temperature, share_prefix=share)
+            (lp.sum() + ent.sum()).backward()
+            out.append(lp.detach())
+        return time.process_time() - c0, out
+
+    model.train()
+    times = {True: [], False: []}
+    lps = {}
+    for r in range(rounds):
+        for share in ((True, False) if r % 2 else (False, True)):
+            t, lps[share] = run(share)
+            times[share].append(t)
+    model.zero_grad(set_to_none=True)
+    tokens = {share: sum(len(pack_layout(mb.input_ids, mb.attention_mask.sum(1).tolist(), mb.response_mask,
+                                         share).token_ids) for mb in parts) for share in (True, False)}
+    return {"prefix_share_cpu_ratio": float(np.median([a / b for a, b in zip(times[True], times[False])])),
+            "prefix_share_tokens": tokens[True], "prefix_unshared_tokens": tokens[False],
+            "prefix_share_logprob_maxdiff": float(max((a - b).abs().max() for a, b in zip(lps[True], lps[False])))}
 
 
 def base_config(quick: bool, steps: int, init: str, out: str, world: str, kl_coef: float,
@@ -151,10 +235,11 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="sg-bench-step-"))
     timer = CallTimer()
+    counter = LayoutCounter()
     rows = {s: [] for s in SIDES}  # per step: phases, wall, cpu, flops
     peaks, same_tokens = [], []
     try:
-        with timer:
+        with timer, counter:
             trainers = {}
             for side in SIDES:
                 cfg = base_config(args.quick, args.steps, str(init), str(tmp / side), str(world), args.kl_coef,
@@ -176,11 +261,16 @@ def main() -> None:
                     rec = tr.step_once()
                     cpu = time.process_time() - c0
                     fwd = timer.take()
+                    tokens, attention = counter.take()
+                    policy = float(sum(sum(t.loss_mask) for t in tr.last_trajectories)) * cfg.ppo_epochs
                     rows[side].append({"rec": rec, "fwd": fwd, "cpu": cpu,
                                        "flops": update_flops(tr.model, tr.last_trajectories, cfg.ppo_epochs),
+                                       "computed_flops": computed_flops(tr.model, tokens, attention, policy)
+                                       if tokens else None,
                                        "tokens": [list(t.response_ids) for t in tr.last_trajectories]})
                 same_tokens.append(rows["before"][-1]["tokens"] == rows["after"][-1]["tokens"])
             wall = time.perf_counter() - t_start
+            sharing = prefix_sharing(trainers["after"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -216,6 +306,10 @@ def main() -> None:
         upd_cpu = [rows[side][i]["fwd"][1]["update"] for i in use]
         figs[f"{side}_update_gflops_cpu"] = float(np.mean([f / u / 1e9 for f, u in zip(flops, upd_cpu)]))
         figs[f"{side}_update_peak_frac"] = figs[f"{side}_update_gflops_cpu"] / peak
+        computed = [rows[side][i]["computed_flops"] for i in use]
+        if all(c is not None for c in computed):  # the packed side: FLOPs of the tokens computed
+            figs[f"{side}_update_computed_gflops_cpu"] = float(np.mean([f / u / 1e9 for f, u in zip(computed, upd_cpu)]))
+            figs[f"{side}_update_computed_peak_frac"] = figs[f"{side}_update_computed_gflops_cpu"] / peak
         per[side] = {p: figs[f"{side}_{p}_cpu_s"] for p in PHASES + ("step",)}
 
     def ratio(key, clock):
@@ -232,6 +326,7 @@ def main() -> None:
         figs[f"{side}_logprob_absdiff"] = float(np.mean([rows[side][i]["rec"][UPDATE_ROLLOUT_LOGPROB_ABSDIFF]
                                                          for i in use]))
 
+    figs.update(sharing)
     table = []
     for p in PHASES + ("step",):
         b, a = per["before"][p], per["after"][p]
@@ -240,6 +335,8 @@ def main() -> None:
                   figs["after_update_gflops_cpu"] / figs["before_update_gflops_cpu"], "", ""])
     table.append(["update % of peak", 100 * figs["before_update_peak_frac"], 100 * figs["after_update_peak_frac"],
                   "", "", ""])
+    table.append(["  on computed FLOPs", "",
+                  100 * figs["after_update_computed_peak_frac"], "", "", ""])
     print(f"RL steps on the smoke world from {init}: small RL config ({cfg.batch_questions} questions x "
           f"{cfg.n_samples} samples, {cfg.ppo_epochs} PPO epochs x {cfg.num_minibatches} mini-batches, "
           f"T={cfg.temperature}, kl_coef={cfg.kl_coef}, hidden states + StepMetricsHook on); 1 thread; "
@@ -253,6 +350,11 @@ def main() -> None:
           f"({figs['update_wall_ratio']:.3f} wall); log-prob |engine - trainer| "
           f"{figs['before_logprob_absdiff']:.1e} (full recompute) / {figs['after_logprob_absdiff']:.1e} "
           f"(first mini-batch). CPU-time figures are the ones to read on a shared machine.")
+    print(f"prefix sharing (a question's prompt computed once for its samples), packed forward + backward of the "
+          f"last batch: {figs['prefix_share_cpu_ratio']:.3f}x CPU time, {figs['prefix_share_tokens']} vs "
+          f"{figs['prefix_unshared_tokens']} tokens computed; max |log-prob difference| "
+          f"{figs['prefix_share_logprob_maxdiff']:.1e}. 'update % of peak' counts every episode's valid tokens "
+          f"(what the update delivers); 'on computed FLOPs' counts a shared prompt once (the hardware's efficiency)")
     emit("trainer_step", figs)
 
 

@@ -30,7 +30,7 @@ from searchgym.evaluation import teacher_forced_hidden_states
 from searchgym.training.objectives import make_objective
 from searchgym.training.rl import RLTrainer
 from searchgym.training.update import (
-    compute_advantages, forward_logprobs, logprobs_and_entropy, packed_forward_logprobs, pad_batch,
+    compute_advantages, forward_logprobs, logprobs_and_entropy, pack_layout, packed_forward_logprobs, pad_batch,
     policy_hidden_states, ppo_update,
 )
 
@@ -115,6 +115,53 @@ def test_packed_forward_equals_padded_values_and_gradients(lm, temperature):
         assert bool((p[~sel] == 0).all())
     torch.testing.assert_close(out_pk[2][sel], out_pad[2][sel], atol=1e-5, rtol=0)
     for ga, gb in zip(grads_pad, grads_pk):
+        torch.testing.assert_close(gb, ga, atol=1e-5, rtol=1e-4)
+
+
+def _grouped_batch(vocab: int, seed: int = 3):
+    """Rows as a rollout makes them: groups of samples of one prompt, continuations of
+    different lengths; plus a lone row, a row without policy tokens, two identical rows and
+    a prompt shared by rows whose first policy token is at different offsets."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda n: torch.randint(3, vocab, (n,), generator=g).tolist()  # noqa: E731
+    ids, masks = [], []
+    for prompt_len, conts in ((11, [5, 30, 1, 17]), (23, [9, 9]), (4, [40])):
+        prompt = rand(prompt_len)
+        for n in conts:
+            cont = rand(n)
+            ids.append(prompt + cont)
+            masks.append([0] * prompt_len + [1] + torch.randint(0, 2, (n - 1,), generator=g).tolist())
+    ids.append(list(ids[0]))  # an exact duplicate of row 0
+    masks.append(list(masks[0]))
+    ids.append(rand(13))  # no policy tokens at all
+    masks.append([0] * 13)
+    ids.append(ids[1][:11] + rand(3) + ids[1][14:])  # same first 11 tokens, first policy token later
+    masks.append([0] * 14 + [1] * (len(ids[-1]) - 14))
+    return pad_batch(ids, masks, 0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_shared_prefix_packing_equals_padded_values_and_gradients(lm, temperature):
+    model, tok = lm
+    b = _grouped_batch(len(tok))
+    layout = pack_layout(b.input_ids, b.attention_mask.sum(1).tolist(), b.response_mask)
+    assert len(layout.token_ids) < int(b.attention_mask.sum())  # the prompts are packed once
+    assert len(layout.token_ids) == len(pack_layout(b.input_ids, b.attention_mask.sum(1).tolist(), b.response_mask,
+                                                    share_prefix=False).token_ids) - (4 * 11 + 23)  # 5 rows share 11, 2 share 23
+    model.train()
+    w = torch.randn(b.response_mask.shape, generator=torch.Generator().manual_seed(4))
+    out_pad = forward_logprobs(model, b.input_ids, b.attention_mask, temperature, with_hidden=True,
+                               positions=b.response_mask)
+    grads_pad = torch.autograd.grad(((out_pad[0] + out_pad[1]) * w).sum(), list(model.parameters()))
+    out_sh = packed_forward_logprobs(model, b.input_ids, b.attention_mask, b.response_mask, temperature,
+                                     with_hidden=True)
+    grads_sh = torch.autograd.grad(((out_sh[0] + out_sh[1]) * w).sum(), list(model.parameters()))
+    sel = b.response_mask > 0
+    for a, p in zip(out_pad[:2], out_sh[:2]):
+        torch.testing.assert_close(p, a, atol=1e-5, rtol=0)
+        assert bool((p[~sel] == 0).all())
+    torch.testing.assert_close(out_sh[2][sel], out_pad[2][sel], atol=1e-5, rtol=0)
+    for ga, gb in zip(grads_pad, grads_sh):
         torch.testing.assert_close(gb, ga, atol=1e-5, rtol=1e-4)
 
 

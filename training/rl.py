@@ -11,7 +11,8 @@ One step:
 3. advantages from ``verl...get_adv_estimator_fn(adv_estimator)``, then the objective's
    advantage transform;
 4. ``ppo_epochs`` x ``num_minibatches`` optimizer steps (``update.ppo_update``), each
-   mini-batch forwarded as packed sequences (no padding computed);
+   mini-batch forwarded as packed sequences (no padding computed; a prompt shared by a
+   question's samples computed once);
 5. one line appended to ``<out>/metrics.jsonl`` and TensorBoard scalars; hooks
    ``(trajectories) -> dict`` add their fields to the line; checkpoint every
    ``save_every`` steps.
@@ -113,7 +114,7 @@ class RLTrainer:
     def __init__(self, config: RLConfig, hooks: Sequence[StepHook] = (), progress: bool = True, *,
                  evaluation: Evaluation | None = None, pack: bool = True, reuse_rollout_logprobs: bool = True):
         """``evaluation``: run at step 0 of a fresh run, every ``eval_every`` steps and at the
-        last step (``Evaluation``; default :class:`GreedyValidation`). ``pack``: forward packed sequences (no padding computed) in the update and in
+        last step (``Evaluation``; default :class:`GreedyValidation`). ``pack``: forward packed sequences (no padding computed, a shared prompt computed once) in the update and in
         the recompute / reference passes. ``reuse_rollout_logprobs``: take the old
         log-probs, entropies and (when needed) final-norm hidden states the engine recorded
         while sampling instead of a separate no-grad forward (``ROLLOUT_LOGPROB_TOL``).

@@ -29,8 +29,8 @@ from verl.utils import torch_functional as verl_F
 
 from searchgym.training.objectives import Objective
 
-__all__ = ["PaddedBatch", "pad_batch", "forward_logprobs", "packed_forward_logprobs", "compute_advantages",
-           "ppo_update", "policy_hidden_states", "VARLEN_SDPA"]
+__all__ = ["PaddedBatch", "pad_batch", "forward_logprobs", "packed_forward_logprobs", "pack_layout", "PackedLayout",
+           "compute_advantages", "ppo_update", "policy_hidden_states", "VARLEN_SDPA"]
 
 
 @dataclass
@@ -150,28 +150,45 @@ def logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor,
 
 
 #: transformers attention implementation for packed sequences: ``searchgym_spans`` (a list
-#: of ``(start, end)`` offsets into the packed axis) says where each sequence lies.
+#: of ``(start, end)`` offsets into the packed axis) says where each segment lies, and
+#: ``searchgym_prefix_of`` (optional, one int per span) which earlier span, if any (-1: none),
+#: is the segment's shared prefix.
 VARLEN_SDPA = "searchgym_varlen_sdpa"
 
 
 def varlen_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                           scaling: float | None = None, is_causal: bool | None = None,
-                          searchgym_spans: Sequence[tuple[int, int]] | None = None, **kwargs):
-    """Causal SDPA of each packed sequence on its own: query ``[1, Hq, N, D]`` and key/value
-    ``[1, Hkv, N, D]`` hold the sequences back to back; sequence ``i`` occupies columns
-    ``searchgym_spans[i]`` and attends only to itself. No token attends across sequences and
-    no padding is computed (the attention work is sum of L_i^2, not B * max(L)^2)."""
+                          searchgym_spans: Sequence[tuple[int, int]] | None = None,
+                          searchgym_prefix_of: Sequence[int] | None = None, **kwargs):
+    """Causal SDPA of each packed segment: query ``[1, Hq, N, D]`` and key/value
+    ``[1, Hkv, N, D]`` hold the segments back to back; segment ``i`` occupies columns
+    ``searchgym_spans[i]`` and attends causally to itself and, when
+    ``searchgym_prefix_of[i] = j >= 0``, to all of segment ``j`` before it (a prompt shared
+    by several continuations is packed once). No token attends across sequences and no
+    padding is computed (the attention work is sum of L_i^2, not B * max(L)^2)."""
     if searchgym_spans is None:
         raise ValueError(f"{VARLEN_SDPA} needs searchgym_spans (use packed_forward_logprobs)")
     gqa = key.shape[1] != query.shape[1]
     sizes = [e - s for s, e in searchgym_spans]
     if sum(sizes) != query.shape[2]:
         raise ValueError(f"searchgym_spans cover {sum(sizes)} of {query.shape[2]} packed tokens")
+    prefix_of = searchgym_prefix_of or [-1] * len(sizes)
     # split (not slicing): its backward is one cat, where each slice's backward would
     # write into its own zero-filled copy of the whole packed tensor
-    outs = [F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling,
-                                           enable_gqa=gqa)
-            for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2))]
+    qs, ks, vs = query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2)
+    outs = []
+    for i, (q, k, v) in enumerate(zip(qs, ks, vs)):
+        j = prefix_of[i]
+        if j < 0:
+            outs.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling,
+                                                       enable_gqa=gqa))
+            continue
+        # the whole prefix, then causal within the continuation (lower-right causal)
+        n, m = sizes[i], sizes[j]
+        mask = torch.ones(n, m + n, dtype=torch.bool).tril(m)
+        outs.append(F.scaled_dot_product_attention(q, torch.cat([ks[j], k], 2), torch.cat([vs[j], v], 2),
+                                                   attn_mask=mask, dropout_p=dropout, scale=scaling,
+                                                   enable_gqa=gqa))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.transpose(1, 2).contiguous(), None
 
@@ -199,6 +216,76 @@ def _attn_implementation(model: torch.nn.Module, name: str):
         model.set_attn_implementation(prev)
 
 
+@dataclass
+class PackedLayout:
+    """Where each token of B right-padded rows lies in one packed row.
+
+    Row ``i``'s position ``t`` is packed column ``start[i] + t`` while ``t < prefix[i]`` and
+    ``cont[i] + t - prefix[i]`` after; ``spans``/``prefix_of`` are
+    ``varlen_sdpa_attention``'s segments."""
+
+    token_ids: torch.Tensor  # (N,)
+    position_ids: torch.Tensor  # (N,)
+    spans: list[tuple[int, int]]
+    prefix_of: list[int]
+    start: torch.Tensor  # (B,)
+    prefix: torch.Tensor  # (B,)
+    cont: torch.Tensor  # (B,)
+
+    def index(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Packed columns of (row, position) pairs."""
+        p = self.prefix[rows]
+        return torch.where(cols < p, self.start[rows] + cols, self.cont[rows] + cols - p)
+
+
+def pack_layout(input_ids: torch.Tensor, lengths: Sequence[int], positions: torch.Tensor,
+                share_prefix: bool = True) -> PackedLayout:
+    """Pack rows back to back (position ids restart at 0 for each). With ``share_prefix``,
+    rows whose tokens before their first policy token (label-aligned ``positions > 0``) are
+    the same (the samples of one question) hold that prefix once: it is packed as its own
+    segment and each row's continuation attends to it, so its tokens are computed once,
+    not once per sample. Exact up to float round-off: every token sees the same context."""
+    ids = input_ids.tolist()
+    has = positions > 0
+    first = torch.where(has.any(1), has.float().argmax(1) + 1, torch.as_tensor(lengths)).tolist()
+    groups: dict[tuple, list[int]] = {}
+    for i, n in enumerate(lengths):
+        if n == 0:
+            continue
+        key = (i,) if not share_prefix else ("shared", *ids[i][: min(first[i], n)])
+        groups.setdefault(key, []).append(i)
+    chunks, pos, spans, prefix_of = [], [], [], []
+    start, prefix, cont = [0] * len(lengths), [0] * len(lengths), [0] * len(lengths)
+    offset = 0
+
+    def add(i: int, a: int, b: int, pre: int) -> int:
+        nonlocal offset
+        chunks.append(input_ids[i, a:b])
+        pos.append(torch.arange(a, b))
+        spans.append((offset, offset + b - a))
+        prefix_of.append(pre)
+        offset += b - a
+        return len(spans) - 1
+
+    for rows in groups.values():
+        if len(rows) == 1:  # nothing to share: one causal segment
+            i = rows[0]
+            start[i], prefix[i] = offset, lengths[i]
+            add(i, 0, lengths[i], -1)
+            continue
+        m = min(first[rows[0]], lengths[rows[0]])
+        for i in rows:
+            start[i], prefix[i] = offset, m
+        j = add(rows[0], 0, m, -1)
+        for i in rows:
+            cont[i] = offset
+            if lengths[i] > m:
+                add(i, m, lengths[i], j)
+    as_long = lambda v: torch.as_tensor(v, dtype=torch.long)  # noqa: E731
+    return PackedLayout(torch.cat(chunks), torch.cat(pos), spans, prefix_of, as_long(start), as_long(prefix),
+                        as_long(cont))
+
+
 def packed_forward_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -208,13 +295,15 @@ def packed_forward_logprobs(
     with_entropy: bool = True,
     with_hidden: bool = False,
     with_logprobs: bool = True,
+    share_prefix: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """``forward_logprobs(..., positions=positions)`` computed on the valid tokens only.
 
-    The B right-padded rows are packed into one row of ``sum(L_i)`` tokens (position ids
-    restart at 0 for each sequence; attention is causal within each sequence,
-    ``varlen_sdpa_attention``), so no layer computes a padding token; the LM head runs
-    only where ``positions > 0``. Returns the same (B, L-1) label-aligned log-probs and
+    The B right-padded rows are packed into one row (``pack_layout``: position ids restart
+    at 0 for each sequence; attention is causal within each sequence,
+    ``varlen_sdpa_attention``; with ``share_prefix`` a prompt shared by several rows is
+    computed once), so no layer computes a padding token or a prompt twice; the LM head
+    runs only where ``positions > 0``. Returns the same (B, L-1) label-aligned log-probs and
     entropy as the padded path (0 off ``positions``), equal to it up to float round-off
     (different matmul shapes; tested to 1e-5), and, with ``with_hidden``, (B, L-1, d)
     final-norm hidden states filled at ``positions`` (0 elsewhere). ``with_logprobs=False``
@@ -224,22 +313,17 @@ def packed_forward_logprobs(
     lengths = am.sum(1)
     if not bool((am == (torch.arange(am.shape[1]) < lengths[:, None])).all()):
         raise ValueError("packed_forward_logprobs needs right-padded rows (attention_mask a prefix of ones)")
-    lens = lengths.tolist()
-    offsets = [0]
-    for n in lens:
-        offsets.append(offsets[-1] + n)
-    spans = [(offsets[i], offsets[i + 1]) for i in range(len(lens)) if lens[i] > 0]
-    flat_ids = input_ids[am].unsqueeze(0)
-    pos_ids = torch.cat([torch.arange(n) for n in lens if n > 0]).unsqueeze(0)
+    layout = pack_layout(input_ids, lengths.tolist(), positions, share_prefix)
     layer_types = set(getattr(model.config, "layer_types", None) or ["full_attention"])
     with _attn_implementation(model, VARLEN_SDPA):
-        hidden = model.base_model(input_ids=flat_ids, position_ids=pos_ids, use_cache=False,
+        hidden = model.base_model(input_ids=layout.token_ids.unsqueeze(0),
+                                  position_ids=layout.position_ids.unsqueeze(0), use_cache=False,
                                   attention_mask={t: None for t in layer_types},
-                                  searchgym_spans=spans).last_hidden_state[0]
+                                  searchgym_spans=layout.spans,
+                                  searchgym_prefix_of=layout.prefix_of).last_hidden_state[0]
     sel = positions > 0
     rows, cols = sel.nonzero(as_tuple=True)  # row-major: the order masked_scatter fills
-    idx = torch.as_tensor(offsets[:-1], dtype=torch.long)[rows] + cols
-    h_sel = hidden[idx]
+    h_sel = hidden[layout.index(rows, cols)]
     hid = None
     if with_hidden:
         hid = torch.zeros((*sel.shape, hidden.shape[-1]), dtype=hidden.dtype)
@@ -324,7 +408,7 @@ def ppo_update(
     optimizer step (so it checks the old log-probs against the current weights for free).
 
     ``pack``: forward each mini-batch packed (``packed_forward_logprobs``, no padding
-    computed) instead of right-padded (``forward_logprobs``); the same mini-batches,
+    computed, each prompt its samples share computed once) instead of right-padded (``forward_logprobs``); the same mini-batches,
     losses and steps, equal up to float round-off (tested)."""
     if batch.old_log_probs is None or batch.advantages is None:
         raise ValueError("ppo_update needs old_log_probs and advantages")
