@@ -348,3 +348,30 @@ def test_batcher_respects_max_batch_and_mixed_topk(index_dir, reference):
     assert stats["requests"] == 24 and stats["queries"] == 24
     assert stats["batches"] >= 6  # at most 4 queries per coalesced call
     assert stats["mean_batch_queries"] > 1  # ...and they were coalesced
+
+
+class FailingRetriever:
+    """Answers like a retriever until told to fail: a server-side fault mid-service."""
+
+    kind = "failing"
+
+    def __init__(self, inner):
+        self.inner, self.fail = inner, False
+
+    def search(self, queries, k):
+        if self.fail:
+            raise RuntimeError("index file vanished")
+        return self.inner.search(queries, k)
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_a_retriever_fault_is_a_500_and_the_server_keeps_serving(index_dir, batching):
+    retriever = FailingRetriever(load_retriever(index_dir))
+    with LiveServer(create_app(retriever, ServerConfig(batching=batching))) as live:
+        assert post_raw(live.url, b'{"queries": ["capital of France"]}').status_code == 200
+        retriever.fail = True
+        assert post_raw(live.url, b'{"queries": ["capital of France"]}').status_code == 500
+        retriever.fail = False
+        r = post_raw(live.url, b'{"queries": ["capital of France"]}')
+        assert r.status_code == 200 and len(r.json()["result"][0]) == 3
+        assert httpx.get(live.url + "/retrieve").status_code == 405  # the other methods still routed
