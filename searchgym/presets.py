@@ -138,9 +138,10 @@ def get_preset(name: str) -> Preset:
         sft=sft_preset("small"),
         # 32 steps, evaluated at the RL start and the end: 18 arms on 2 single-thread workers, 6
         # RL-start evaluations, the world and the two SFT warm starts. Measured from scratch by
-        # `make demo` (docs/results/small, 2026-12-02, Intel Xeon, 168 GFLOP/s 1-thread matmul,
-        # ~1 CPU-minute of tests beside it): 3,192 s = world + model + demos 21 + SFT 481 + RL-start
-        # evaluations 297 + arms 2,394, within the 3,600 s. The same claims, number for
+        # `make demo` (2026-12-02, Intel Xeon, 168 GFLOP/s 1-thread matmul, ~1 CPU-minute of tests
+        # beside it): 3,192 s = world + model + demos 21 + SFT 481 + RL-start evaluations 297 +
+        # arms 2,394, within the 3,600 s; again on 2026-12-03 with prefix sharing in the
+        # update (docs/results/small): 2,965 s = 19 + 480 + 282 + arms 2,184. The same claims, number for
         # number, as the earlier 3,808 s run (before the malloc, packed-diagnostic and idle-thread
         # changes). Slower CPUs take longer: the pilot took 1,071 s on an AMD EPYC (79 GFLOP/s)
         # against 916 s on this Xeon type.

@@ -43,7 +43,7 @@ def test_main_presets_evaluate_enough_to_rank(name):
 
 def test_small_and_full_sizes_and_budgets():
     small, full = get_preset("small"), get_preset("full")
-    # issue 13's target is 60 min (measured 3,192 s on the Xeon, presets.py)
+    # issue 13's target is 60 min (measured 2,965 s on the Xeon, presets.py)
     assert len(small.seeds) >= 3 and small.budget_s <= 3600
     assert set(full.objectives) == set(OBJECTIVES_ALL) and len(full.seeds) >= 5
     # issue 13's target for full is 3 h; measured 13,669 s (3.8 h, docs/results/full): missed, and the
