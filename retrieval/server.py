@@ -437,6 +437,7 @@ def create_app(retriever, config: ServerConfig | None = None):
                 raise RequestError(413, f"request body too large: over {config.max_body_bytes} bytes")
         return bytes(body)
 
+    @app.post("/retrieve")  # the route other methods are refused by (405); POST never reaches it
     async def retrieve(request: Request):
         if not authorized(request):
             return error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
@@ -464,10 +465,6 @@ def create_app(retriever, config: ServerConfig | None = None):
         return Response(body, media_type="application/json")
 
     app.retrieve = retrieve
-
-    @app.api_route("/retrieve", methods=["GET", "PUT", "DELETE", "PATCH"])
-    async def retrieve_wrong_method():
-        return error(405, "use POST /retrieve", {"Allow": "POST"})
 
     @app.get("/health")
     async def health():

@@ -96,14 +96,13 @@ def test_fused_logprob_entropy_equals_verl():
     torch.testing.assert_close(ga, gb, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_packed_forward_equals_padded_values_and_gradients(lm, temperature):
-    model, tok = lm
-    b = _random_batch(len(tok))
+def _assert_packed_equals_padded(model, b, temperature: float, seed: int) -> None:
+    """The packed forward's log-probs, entropies, hidden states and parameter gradients
+    equal the padded forward's on ``b`` (1e-5), and are 0 off the policy positions."""
     model.train()
     out_pad = forward_logprobs(model, b.input_ids, b.attention_mask, temperature, with_hidden=True,
                                positions=b.response_mask)
-    w = torch.randn(b.response_mask.shape, generator=torch.Generator().manual_seed(2))
+    w = torch.randn(b.response_mask.shape, generator=torch.Generator().manual_seed(seed))
     grads_pad = torch.autograd.grad(((out_pad[0] + out_pad[1]) * w).sum(), list(model.parameters()))
     out_pk = packed_forward_logprobs(model, b.input_ids, b.attention_mask, b.response_mask, temperature,
                                      with_hidden=True)
@@ -116,6 +115,12 @@ def test_packed_forward_equals_padded_values_and_gradients(lm, temperature):
     torch.testing.assert_close(out_pk[2][sel], out_pad[2][sel], atol=1e-5, rtol=0)
     for ga, gb in zip(grads_pad, grads_pk):
         torch.testing.assert_close(gb, ga, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_packed_forward_equals_padded_values_and_gradients(lm, temperature):
+    model, tok = lm
+    _assert_packed_equals_padded(model, _random_batch(len(tok)), temperature, seed=2)
 
 
 def _grouped_batch(vocab: int, seed: int = 3):
@@ -148,21 +153,7 @@ def test_shared_prefix_packing_equals_padded_values_and_gradients(lm, temperatur
     assert len(layout.token_ids) < int(b.attention_mask.sum())  # the prompts are packed once
     assert len(layout.token_ids) == len(pack_layout(b.input_ids, b.attention_mask.sum(1).tolist(), b.response_mask,
                                                     share_prefix=False).token_ids) - (4 * 11 + 23)  # 5 rows share 11, 2 share 23
-    model.train()
-    w = torch.randn(b.response_mask.shape, generator=torch.Generator().manual_seed(4))
-    out_pad = forward_logprobs(model, b.input_ids, b.attention_mask, temperature, with_hidden=True,
-                               positions=b.response_mask)
-    grads_pad = torch.autograd.grad(((out_pad[0] + out_pad[1]) * w).sum(), list(model.parameters()))
-    out_sh = packed_forward_logprobs(model, b.input_ids, b.attention_mask, b.response_mask, temperature,
-                                     with_hidden=True)
-    grads_sh = torch.autograd.grad(((out_sh[0] + out_sh[1]) * w).sum(), list(model.parameters()))
-    sel = b.response_mask > 0
-    for a, p in zip(out_pad[:2], out_sh[:2]):
-        torch.testing.assert_close(p, a, atol=1e-5, rtol=0)
-        assert bool((p[~sel] == 0).all())
-    torch.testing.assert_close(out_sh[2][sel], out_pad[2][sel], atol=1e-5, rtol=0)
-    for ga, gb in zip(grads_pad, grads_sh):
-        torch.testing.assert_close(gb, ga, atol=1e-5, rtol=1e-4)
+    _assert_packed_equals_padded(model, b, temperature, seed=4)
 
 
 def test_packed_forward_refuses_left_padding(lm):

@@ -245,7 +245,7 @@ def pack_layout(input_ids: torch.Tensor, lengths: Sequence[int], positions: torc
     the same (the samples of one question) hold that prefix once: it is packed as its own
     segment and each row's continuation attends to it, so its tokens are computed once,
     not once per sample. Exact up to float round-off: every token sees the same context."""
-    ids = input_ids.tolist()
+    ids = input_ids.tolist() if share_prefix else None  # group keys only
     has = positions > 0
     first = torch.where(has.any(1), has.float().argmax(1) + 1, torch.as_tensor(lengths)).tolist()
     groups: dict[tuple, list[int]] = {}
