@@ -93,7 +93,7 @@ class FixedEvaluation:
         if c.vendi and self._embed is None:
             from searchgym.metrics.diversity import default_embedder
 
-            self._embed = default_embedder()
+            self._embed = default_embedder(c.embed_precision)
         untrained = None
         if untrained_control and self.untrained_dir:
             if self._untrained is None:
