@@ -40,7 +40,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -513,25 +513,50 @@ def run_time(stage_times: Mapping[str, dict]) -> dict:
     cache still records how long it took to build): world + model + demos, the longest SFT
     warm start (they train side by side), the RL-start evaluations and the arms.
     ``approximate`` when the evaluations or arms were read from the cache (then their
-    wall time is not their build time)."""
+    wall time is not their build time). ``builds``: the shared builds' stage keys and build
+    times (world, model, demos, sft-*), which a merge counts once per key."""
     if not stage_times:
         return {"from_scratch_s": None, "approximate": True}
-    base = sum(float(stage_times.get(k, {}).get("built_s") or 0.0) for k in ("world", "model", "demos"))
-    sft = max([float(v.get("built_s") or 0.0) for k, v in stage_times.items() if k.startswith("sft-")] or [0.0])
+    builds = {k: {"key": v.get("key"), "built_s": float(v.get("built_s") or 0.0)} for k, v in stage_times.items()
+              if k in _SHARED_BUILDS or k.startswith("sft-")}
+    base, sft = _builds_time((n, b["built_s"]) for n, b in builds.items())
     rest = sum(float(stage_times.get(k, {}).get("wall_s") or 0.0) for k in ("start_evals", "arms"))
     approx = bool(stage_times.get("start_evals", {}).get("cached")) or not stage_times.get("arms")
     return {"from_scratch_s": base + sft + rest, "base_s": base, "sft_s": sft,
             "start_evals_s": float(stage_times.get("start_evals", {}).get("wall_s") or 0.0),
-            "arms_s": float(stage_times.get("arms", {}).get("wall_s") or 0.0), "approximate": approx}
+            "arms_s": float(stage_times.get("arms", {}).get("wall_s") or 0.0), "approximate": approx,
+            "builds": builds}
+
+
+_SHARED_BUILDS = ("world", "model", "demos")
+
+
+def _builds_time(builds: Iterable[tuple[str, float]]) -> tuple[float, float]:
+    """world + model + demos (one after another) and the longest SFT build (side by side),
+    from (stage name, build time) pairs."""
+    builds = list(builds)
+    return (sum(t for n, t in builds if not n.startswith("sft-")),
+            max([t for n, t in builds if n.startswith("sft-")] or [0.0]))
 
 
 def parts_run_time(parts: list[dict]) -> dict:
-    """A merged run's time from scratch (:mod:`searchgym.merge`): the sum of its parts' (each
-    part built its own world and warm starts, so this is the compute spent, not the least a
-    single run would take)."""
+    """A merged run's times (:mod:`searchgym.merge`). ``from_scratch_s``: the sum of its
+    parts' (each part that built its own world and warm starts counts them: the compute
+    spent). ``one_run_s``: one run from scratch resumed through the stage cache, as the
+    parts measured it: every distinct shared build (world, model, demos, each SFT warm start,
+    by stage key) once, plus every part's RL-start evaluations and arms; None when a part
+    predates the recorded builds."""
     times = [finite(p.get("from_scratch_s")) for p in parts]
-    return {"from_scratch_s": sum(t for t in times if t is not None) if any(t is not None for t in times) else None,
-            "parts_s": times, "approximate": any(t is None or p.get("approximate") for t, p in zip(times, parts))}
+    out = {"from_scratch_s": sum(t for t in times if t is not None) if any(t is not None for t in times) else None,
+           "parts_s": times, "approximate": any(t is None or p.get("approximate") for t, p in zip(times, parts))}
+    if parts and all(p.get("builds") and p.get("arms_s") is not None for p in parts):
+        distinct: dict[tuple[str, str], dict] = {}
+        for p in parts:
+            for name, b in p["builds"].items():
+                distinct.setdefault((name, str(b.get("key"))), b)
+        base, sft = _builds_time((n, float(b.get("built_s") or 0.0)) for (n, _), b in distinct.items())
+        out["one_run_s"] = base + sft + sum(float(p.get("start_evals_s") or 0.0) + float(p["arms_s"]) for p in parts)
+    return out
 
 
 def _metrics_share(members: list[ArmData]) -> float | None:

@@ -63,7 +63,10 @@ def _header(meta: dict, analysis: dict) -> list[str]:
             f"{', approximate' if e.get('approximate') else ''}"
             f"{'; ' + _machine(e['machine']) if e.get('machine') else ''})" for e in meta["parts"])
         when = (f"assembled by `searchgym merge` from {len(meta['parts'])} run(s): {parts}; compute from scratch, "
-                f"all parts: {_fmt(rt.get('from_scratch_s'), 0)} s.")
+                f"all parts: {_fmt(rt.get('from_scratch_s'), 0)} s"
+                + (f"; as one run resumed through the stage cache (each distinct world, model, demos and SFT build "
+                   f"once, every part's RL-start evaluations and arms): {_fmt(rt['one_run_s'], 0)} s."
+                   if rt.get("one_run_s") is not None else "."))
     else:
         when = (f"wall time of this invocation {_fmt(meta.get('wall_s'), 0)} s on {meta.get('workers', '?')} "
                 f"worker(s); from scratch (the stages' own build times: world + model + demos, the longer SFT warm "

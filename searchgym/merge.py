@@ -110,6 +110,7 @@ def merged_meta(out: Path, metas: dict[Path, dict], parts: dict[Path, list[tuple
         entries.append({
             "run": str(run), "seeds": sorted({int(a["seed"]) for _, a in part_arms}), "arms": len(part_arms),
             "from_scratch_s": rt.get("from_scratch_s"), "approximate": rt.get("approximate", True),
+            **{k: rt[k] for k in ("start_evals_s", "arms_s", "builds") if k in rt},
             "machine": m.get("machine"),
             "warm_start_sha256": {a["warm_start"]: a["provenance"].get("warm_start_sha256") for _, a in part_arms},
         })

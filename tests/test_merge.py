@@ -17,7 +17,7 @@ from searchgym.merge import MergeRefused, merge_runs
 PROV = {"preset": "test", "config": "c0nf", "code": "c0de"}
 
 
-def _part(root: Path, name: str, seeds, weights: str = "w0", **changes) -> Path:
+def _part(root: Path, name: str, seeds, weights: str = "w0", world_key: str = "world0", **changes) -> Path:
     run = root / name
     for ws in ("diverse", "narrow"):
         for obj in SPECS:
@@ -31,7 +31,7 @@ def _part(root: Path, name: str, seeds, weights: str = "w0", **changes) -> Path:
     (run / "report.json").write_text(json.dumps({"meta": {
         "preset": "test", "objectives": list(SPECS), "warm_starts": ["diverse", "narrow"], "seeds": list(seeds),
         "rl_steps": 20, "workers": 2, "machine": {"cpu": f"cpu of {name}", "cpus": 2, "matmul_gflops_1thread": 80.0},
-        "stage_times": {"world": {"built_s": 10.0}, "sft-diverse": {"built_s": 100.0},
+        "stage_times": {"world": {"built_s": 10.0, "key": world_key}, "sft-diverse": {"built_s": 100.0, "key": "sft0"},
                         "start_evals": {"wall_s": 50.0, "cached": False}, "arms": {"wall_s": 1000.0}}}}))
     return run
 
@@ -51,12 +51,19 @@ def test_parts_merge_into_the_report_of_one_run(tmp_path):
     assert merged["meta"]["seeds"] == [0, 1, 2] and merged["meta"]["objectives"] == list(SPECS)
     # compute from scratch is the parts' sum; each part is named with its seeds and machine
     assert merged["run_time"]["from_scratch_s"] == pytest.approx(2 * 1160.0)
+    # as one run through the stage cache: the shared world and SFT builds (same keys) once
+    assert merged["run_time"]["one_run_s"] == pytest.approx(10.0 + 100.0 + 2 * (50.0 + 1000.0))
     md = (tmp_path / "merged" / "report.md").read_text()
+    assert "as one run resumed through the stage cache" in md and "2210 s" in md
     assert "assembled by `searchgym merge` from 2 run(s)" in md and "cpu of b" in md and "seeds [2]" in md
     assert "built once per part (2 builds" in md
     assert {p: _snapshot(p) for p in (a, b)} == before  # the parts are untouched
     # a rerun into the same merge folder replaces its own output
     assert main(["merge", str(a), str(b), "--out", str(tmp_path / "merged")]) == 0
+    # a part that built another world counts its build too
+    c = _part(tmp_path, "c", (2,), world_key="world1")
+    again = merge_runs(tmp_path / "merged2", [a, c])
+    assert again["run_time"]["one_run_s"] == pytest.approx(2 * 10.0 + 100.0 + 2 * 1050.0)
 
 
 @pytest.mark.parametrize("change, message", [

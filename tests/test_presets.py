@@ -54,8 +54,11 @@ def test_small_and_full_sizes_and_budgets():
 @pytest.mark.xfail(strict=True, reason="issue 13: full's 3 h target is missed (13,669 s measured); when a "
                    "faster step makes it fit, this passes and the strict xfail fails: drop the marker")
 def test_committed_full_report_fits_the_3_hour_target():
-    rep = json.loads((RESULTS / "full" / "report.json").read_text(encoding="utf-8"))
-    assert rep["run_time"]["from_scratch_s"] <= 3 * 3600
+    """One run from scratch, resumed through the stage cache: a merge's ``one_run_s`` (each
+    shared build once, every part's evaluations and arms) where its parts record their
+    builds, else the parts' sum."""
+    rt = json.loads((RESULTS / "full" / "report.json").read_text(encoding="utf-8"))["run_time"]
+    assert rt.get("one_run_s", rt["from_scratch_s"]) <= 3 * 3600
 
 
 @pytest.mark.parametrize("name", [n for n in PRESET_NAMES if (RESULTS / n / "report.json").is_file()])
