@@ -186,6 +186,11 @@ def get_preset(name: str) -> Preset:
         # 17), not less evaluation. It runs whole seeds at a time (`--seeds 0,1`, then `--seeds 2,3,4`,
         # each part inside a 3-hour session) and `searchgym merge` makes the one report, refusing parts
         # that are not the same experiment (searchgym.merge).
+        # Re-run at 66c4e10 (bf16 evaluation embeddings, prefix sharing; arm code c521e66e7250d404):
+        # part seeds 2-4 7,399 s from scratch (world + model + demos 21, SFT 476, RL-start evaluations
+        # 187, 42 arms 6,716 on 2 workers; docs/results/full-parts/code-c521e66e-seeds-2-4); at its
+        # per-arm rate one run of all 5 seeds projects to ~12,000 s, still over 3 h. Part seeds 0-1
+        # must run on the same arm code before any change to the modules it fingerprints.
         return replace(base, name="full", objectives=OBJECTIVES_ALL, seeds=(0, 1, 2, 3, 4),
                        rl=replace(base.rl, steps=40), eval=replace(base.eval, questions=64, every=20),
                        budget_s=13_700.0)
