@@ -549,12 +549,14 @@ def parts_run_time(parts: list[dict]) -> dict:
     times = [finite(p.get("from_scratch_s")) for p in parts]
     out = {"from_scratch_s": sum(t for t in times if t is not None) if any(t is not None for t in times) else None,
            "parts_s": times, "approximate": any(t is None or p.get("approximate") for t, p in zip(times, parts))}
-    if parts and all(p.get("builds") and p.get("arms_s") is not None for p in parts):
-        distinct: dict[tuple[str, str], dict] = {}
+    # a build without its stage key cannot be matched to another part's: no one-run figure
+    if parts and all(p.get("builds") and p.get("arms_s") is not None
+                     and all(b.get("key") for b in p["builds"].values()) for p in parts):
+        distinct: dict[tuple[str, str], float] = {}
         for p in parts:
             for name, b in p["builds"].items():
-                distinct.setdefault((name, str(b.get("key"))), b)
-        base, sft = _builds_time((n, float(b.get("built_s") or 0.0)) for (n, _), b in distinct.items())
+                distinct.setdefault((name, b["key"]), float(b["built_s"]))
+        base, sft = _builds_time((n, t) for (n, _), t in distinct.items())
         out["one_run_s"] = base + sft + sum(float(p.get("start_evals_s") or 0.0) + float(p["arms_s"]) for p in parts)
     return out
 

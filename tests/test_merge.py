@@ -64,6 +64,10 @@ def test_parts_merge_into_the_report_of_one_run(tmp_path):
     c = _part(tmp_path, "c", (2,), world_key="world1")
     again = merge_runs(tmp_path / "merged2", [a, c])
     assert again["run_time"]["one_run_s"] == pytest.approx(2 * 10.0 + 100.0 + 2 * 1050.0)
+    # a part whose builds carry no stage key cannot be matched: no one-run figure, the sum stays
+    d = _part(tmp_path, "d", (3,), world_key=None)
+    keyless = merge_runs(tmp_path / "merged3", [a, d])
+    assert "one_run_s" not in keyless["run_time"] and keyless["run_time"]["from_scratch_s"] == pytest.approx(2320.0)
 
 
 @pytest.mark.parametrize("change, message", [
