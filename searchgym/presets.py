@@ -179,21 +179,18 @@ def get_preset(name: str) -> Preset:
     if name == "full":
         # all 7 objectives x both warm starts x 5 seeds, longer RL (40 steps), evaluated at the RL
         # start, step 20 and the end; resumable through the stage cache. NOT within its 3 h target:
-        # measured (docs/results/full, 2026-12-03, Intel Xeon) 13,669 s from scratch = part seeds 0-1
-        # 5,658 s + part seeds 2-4 8,012 s (world + demos 28, SFT 492, RL-start evaluations 287, 42 arms
-        # 7,205 on 2 workers); a single run would save one world + SFT build (~500 s). The stated budget
-        # is that measured figure rounded up, not the target. Fitting 3 h needs a faster step (issue
-        # 17), not less evaluation. It runs whole seeds at a time (`--seeds 0,1`, then `--seeds 2,3,4`,
-        # each part inside a 3-hour session) and `searchgym merge` makes the one report, refusing parts
-        # that are not the same experiment (searchgym.merge).
-        # Re-run at 66c4e10 (bf16 evaluation embeddings, prefix sharing; arm code c521e66e7250d404):
-        # part seeds 2-4 7,399 s from scratch (world + model + demos 21, SFT 476, RL-start evaluations
-        # 187, 42 arms 6,716 on 2 workers; docs/results/full-parts/code-c521e66e-seeds-2-4); at its
-        # per-arm rate one run of all 5 seeds projects to ~12,000 s, still over 3 h. Part seeds 0-1
-        # must run on the same arm code before any change to the modules it fingerprints.
+        # measured (docs/results/full, 2026-12-03, Intel Xeon, arm code c521e66e7250d404) as two parts,
+        # whole seeds at a time: seeds 0-1 5,860 s from scratch (world + model + demos 28, SFT 533,
+        # RL-start evaluations 158, 28 arms 5,141 on 2 workers), seeds 2-4 7,399 s (21, 476, 187, 42
+        # arms 6,716); 13,259 s of compute, 12,763 s as one run resumed through the stage cache (each
+        # build once). The stated budget is the parts' sum rounded up, not the target. The arms are
+        # 93 % of one run (313-362 s per arm on one core: rollout, update, gradient diagnostic, two
+        # evaluations); fitting 3 h needs a faster RL step (issue 17), not less evaluation. Each part
+        # fits a 3-hour session (`--seeds 0,1`, then `--seeds 2,3,4`) and `searchgym merge` makes the
+        # one report, refusing parts that are not the same experiment (searchgym.merge).
         return replace(base, name="full", objectives=OBJECTIVES_ALL, seeds=(0, 1, 2, 3, 4),
                        rl=replace(base.rl, steps=40), eval=replace(base.eval, questions=64, every=20),
-                       budget_s=13_700.0)
+                       budget_s=13_300.0)
     raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESET_NAMES)}")
 
 
