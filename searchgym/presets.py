@@ -184,8 +184,8 @@ def get_preset(name: str) -> Preset:
         # RL-start evaluations 158, 28 arms 5,141 on 2 workers), seeds 2-4 7,399 s (21, 476, 187, 42
         # arms 6,716); 13,259 s of compute, 12,763 s as one run resumed through the stage cache (each
         # build once). The stated budget is the parts' sum rounded up, not the target. The arms are
-        # 93 % of one run (313-362 s per arm on one core: rollout, update, gradient diagnostic, two
-        # evaluations); fitting 3 h needs a faster RL step (issue 17), not less evaluation. Each part
+        # 93 % of one run (313-362 s per arm on one core, the parts' means: rollout, update, gradient
+        # diagnostic, two evaluations); fitting 3 h needs a faster RL step (issue 17), not less evaluation. Each part
         # fits a 3-hour session (`--seeds 0,1`, then `--seeds 2,3,4`) and `searchgym merge` makes the
         # one report, refusing parts that are not the same experiment (searchgym.merge).
         return replace(base, name="full", objectives=OBJECTIVES_ALL, seeds=(0, 1, 2, 3, 4),
