@@ -27,8 +27,9 @@ from searchgym.arms import ArmSpec, rl_arm_stage, sft_stage, start_eval_stage
 from searchgym.cache import StageCache, StageConfig, StageResult, code_fingerprint, stage_key
 from searchgym.envs.world import ensure_index, generate_world, write_world
 from searchgym.machine import machine_info
+from searchgym.metrics import names as mn
 from searchgym.pool import ArmOutcome, ArmTask, run_arms
-from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
+from searchgym.retrieval.fileio import atomic_dir, atomic_write_json, read_jsonl
 from searchgym.retrieval.index import file_sha256
 # RunFolderBusy: searchgym.sweeps imports it from here
 from searchgym.run_folder import RunFolderBusy, remove_stale_temps, run_lock  # noqa: F401
@@ -82,6 +83,34 @@ def experiment_config_key(preset) -> str:
     run (objectives, warm starts, seeds) and how many workers run them."""
     return stage_key("experiment", {f: getattr(preset, f) for f in
                                     ("world", "index", "demos", "model", "sft", "rl", "eval")})
+
+
+def dispatch_order(specs: list[ArmSpec], start_searches: dict[tuple[str, int], float]) -> list[ArmSpec]:
+    """The order in which the arms go to the worker pool: seed-major (an interrupted run has
+    finished whole seeds of every arm group first), and within a seed the arms expected to
+    take longest first (longest-processing-time scheduling), so a run ends on short arms and a
+    worker idles less while the other finishes. The expected cost is read from what the run
+    has measured before its arms: the warm start's searches per episode at its RL-start
+    evaluation (``start_searches[(warm_start, seed)]``; more turns make longer sequences, more
+    rollout and update work), then an objective other than plain GRPO (it also runs the
+    gradient diagnostic) before GRPO; ties keep ``specs``' order. The order changes no
+    result: every arm is its own seeded stage."""
+    seed_rank = {s: i for i, s in enumerate(dict.fromkeys(sp.seed for sp in specs))}
+    return sorted(specs, key=lambda sp: (seed_rank[sp.seed], -start_searches.get((sp.warm_start, sp.seed), 0.0),
+                                         sp.objective == "grpo"))
+
+
+_EVAL_SEARCHES = mn.evaluation("searches_mean")
+
+
+def _searches_at_start(outcome: ArmOutcome) -> float:
+    """Mean searches per episode over an RL-start evaluation's replicas (0 when unknown)."""
+    if outcome.status != "ok":
+        return 0.0
+    path = Path(outcome.path) / "eval.jsonl"
+    vals = [r[_EVAL_SEARCHES] for r in (read_jsonl(path) if path.exists() else [])
+            if isinstance(r.get(_EVAL_SEARCHES), (int, float))]
+    return sum(vals) / len(vals) if vals else 0.0
 
 
 def base_stages(preset, cache: StageCache, on_stage: Callable[[StageResult], None] | None = None
@@ -178,7 +207,8 @@ def _run_locked(preset, out: Path, progress: bool) -> dict:
     bar.set_postfix_str("RL arms")
     # the thread count and the progress flag do not change the result: keep them out of the key
     tasks, outcomes_by_spec = [], {}
-    for s in specs:
+    searches = {k: _searches_at_start(o) for k, o in starts.items()}
+    for s in dispatch_order(specs, searches):
         st = starts[(s.warm_start, s.seed)]
         if st.status != "ok":
             outcomes_by_spec[s] = ArmOutcome(s, "failed", None, False, 0.0, 0.0,
