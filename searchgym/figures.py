@@ -31,8 +31,8 @@ def relative_to_start(arms: list[ArmData], key: str) -> tuple[list[int], list[fl
     for a in arms:
         base = a.eval_value(0, key)
         if base:
-            per.append({s: a.eval_value(s, key) for s in a.eval_steps()})
-            per[-1] = {s: v / base for s, v in per[-1].items() if v is not None}
+            values = {s: a.eval_value(s, key) for s in a.eval_steps()}
+            per.append({s: v / base for s, v in values.items() if v is not None})
     common = sorted(set.intersection(*(set(p) for p in per))) if per else []
     return common, [float(np.mean([p[s] for p in per])) for s in common]
 
