@@ -703,7 +703,10 @@ def _rules() -> dict:
                       "under-cover when the spread between seeds exceeds the question-level error (measured "
                       "coverage with 5 seeds: 0.94-0.98 up to a ratio of 1, 0.88 at 1.9, 0.84 at 4.8; "
                       "`searchgym.metrics.stats` docstring), so a verdict resting on 3 seeds is a first "
-                      "measurement, not a replication"),
+                      "measurement, not a replication. Every seed of a warm start starts RL from the same SFT "
+                      "build (one per warm start), so the intervals are conditional on that build and leave out "
+                      "the variation between builds; `searchgym compare` of two runs of one experiment whose "
+                      "builds differ (e.g. on two CPUs) shows it"),
         "mechanism": EQUIVALENCE_RULE,
         "margins": f"'does not change' margins: {RELATIVE_MARGIN:.0%} of the metric's RL-start value "
                    f"(hidden-state and graph metrics); accuracy: +-{ACCURACY_MARGIN} absolute",

@@ -33,7 +33,7 @@ _COMMAND_MODULES = (
     "searchgym.agents.cli",  # model, demos, eval
     "searchgym.training.cli",  # train, export
     "searchgym.metrics.cli",  # diversity
-    "searchgym.experiment_cli",  # run, report, merge
+    "searchgym.experiment_cli",  # run, report, merge, compare
 )
 
 
@@ -61,6 +61,12 @@ def _is_experiment_run(p: Path) -> bool:
 
 def _is_merge(p: Path) -> bool:
     return (p / "merge.json").is_file()
+
+
+def _is_replication_file(p: Path) -> bool:
+    from searchgym.compare import is_replication_file
+
+    return is_replication_file(p)
 
 
 def _is_demos_file(p: Path) -> bool:
@@ -117,6 +123,8 @@ OUTPUTS: dict[tuple[str, ...], OutputRule] = {
     ("export", "verl"): OutputRule("file", _is_verl_export, "a `searchgym export verl` parquet"),
     ("run",): OutputRule("dir", _is_experiment_run, "a `searchgym run` folder (cache/, arms/, report.json or .lock)"),
     ("merge",): OutputRule("dir", _is_merge, "a `searchgym merge` folder (merge.json)"),
+    ("compare",): OutputRule("file", _is_replication_file,
+                             "a `searchgym compare` markdown file (its first line is the generated marker)"),
 }
 
 _SUBCOMMAND_DESTS = ("index_command", "world_command", "model_command", "train_command", "export_format",

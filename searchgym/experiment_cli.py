@@ -1,6 +1,7 @@
 """``searchgym run``: the main job (world -> index -> demos -> model -> SFT warm starts ->
 RL arms -> evaluation -> report), cached by content so a rerun resumes; ``searchgym report``:
-re-analyse a run folder; ``searchgym merge``: one report over several runs' arms.
+re-analyse a run folder; ``searchgym merge``: one report over several runs' arms;
+``searchgym compare``: verdict stability between two runs of one experiment.
 
 The handlers import the pipeline and the report (scipy, matplotlib, torch: ~0.6 s and
 more) inside them, so ``searchgym --help`` does not pay for them."""
@@ -73,6 +74,24 @@ def add_commands(subparsers) -> None:
     m.add_argument("--readme", default=None, help="README to update (its generated claims block for this report)")
     m.set_defaults(func=_merge)
 
+    c = subparsers.add_parser(
+        "compare",
+        help="verdict stability between two runs of the same experiment (e.g. the same run on another CPU)",
+        description="Check that RUN_A and RUN_B are one experiment (same preset, arm code fingerprint, config hash, "
+        "seeds, objectives, warm starts and SFT stage keys), pair their report.json claims by (claim, scope, "
+        "measurement) and print, per claim, both effects with their 95% intervals, both verdicts, whether they "
+        "agree and whether the intervals overlap, then summary figures, each with the rule that computed it "
+        "(searchgym.compare). Nothing is trained or re-analysed.",
+    )
+    c.add_argument("run_a", metavar="RUN_A", help="a run folder with report.json and arms/ (e.g. docs/results/small)")
+    c.add_argument("run_b", metavar="RUN_B", help="another run of the same experiment (e.g. runs/small)")
+    c.add_argument("--out", default=None, metavar="FILE",
+                   help="also write the comparison as markdown (e.g. RUN_B/replication.md)")
+    c.add_argument("--json", default=None, metavar="FILE", help="also write the comparison as JSON")
+    c.add_argument("--readme", default=None,
+                   help="README to update (its generated replication block for RUN_A vs RUN_B)")
+    c.set_defaults(func=_compare)
+
 
 def _merge(args) -> int:
     from searchgym.merge import merge_runs
@@ -89,12 +108,41 @@ def _update_readme(readme: str | None, rep: dict, run: Path) -> int:
     if not readme:
         return 0
     source = str(run / "report.md")
-    if not update_readme(readme, rep, source):
-        print(f"{readme}: no generated claims block for {source} (<!-- claims:begin {source} ... -->); "
-              "README not changed")
+    return _readme_done(readme, update_readme(readme, rep, source), "claims",
+                        f"for {source} (<!-- claims:begin {source} ... -->)")
+
+
+def _readme_done(readme: str, updated: bool, block: str, missing: str) -> int:
+    """Say what ``--readme`` did to the README's generated ``block``; 2 when it had none."""
+    if not updated:
+        print(f"{readme}: no generated {block} block {missing}; README not changed")
         return 2
-    print(f"updated the claims block of {readme}")
+    print(f"updated the {block} block of {readme}")
     return 0
+
+
+def _compare(args) -> int:
+    from searchgym import compare
+    from searchgym.retrieval.fileio import atomic_write_json, atomic_write_text, check_output, json_marker
+
+    cmp = compare.compare_runs(args.run_a, args.run_b)
+    if args.json:  # --out is checked before the handler runs (searchgym.cli.OUTPUTS)
+        check_output(args.json, lambda p: json_marker(p, format=compare.FORMAT),
+                     f"a `searchgym compare` JSON (format {compare.FORMAT!r})", kind="file", force=args.force)
+    text = compare.render_replication(cmp)
+    print(text.split("\n", 1)[1], end="")  # without the marker line
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    if args.json:
+        atomic_write_json(args.json, cmp)
+        print(f"wrote {args.json}")
+    if not args.readme:
+        return 0
+    begin = compare.README_BEGIN_FOR.format(source=compare.readme_source(cmp))
+    return _readme_done(args.readme, compare.update_readme_block(args.readme, cmp), "replication",
+                        f"for {compare.readme_source(cmp)}: put the lines {begin} and {compare.README_END} "
+                        "where it should go")
 
 
 def _report(args) -> int:

@@ -248,23 +248,31 @@ def collapse_table(analysis: dict) -> list[str]:
                   for r in analysis["table"] for cc in [r.get("collapse_criterion") or {}]])
 
 
+def replace_readme_block(readme: str | Path, begin: str, end: str, lines: Sequence[str], *,
+                         untagged: str | None = None, any_begin: re.Pattern | None = None) -> bool:
+    """Replace the README's generated block that opens with the marker ``begin`` (up to the
+    next ``end``) by ``begin``, ``lines`` and ``end``. An ``untagged`` begin marker counts when
+    it is the README's only match of ``any_begin`` (it is then replaced by ``begin``). Returns
+    False (and writes nothing) when the README has no such block."""
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8")
+    found = begin if begin in text else \
+        untagged if untagged is not None and any_begin is not None and any_begin.findall(text) == [untagged] else None
+    if found is None or end not in text.split(found, 1)[1]:
+        return False
+    head, rest = text.split(found, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(readme, head + "\n".join([begin, *lines, end]) + tail)
+    return True
+
+
 def update_readme(readme: str | Path, analysis: dict, source: str) -> bool:
     """Replace the README's generated block for ``source`` (begin marker
     :data:`README_BEGIN_FOR`) with this analysis's claims and collapse-criterion tables; an
     untagged block counts when it is the only one (it is then tagged). Returns False (and
     writes nothing) when the README has no block for ``source``."""
-    readme = Path(readme)
-    text = readme.read_text(encoding="utf-8")
-    begin = README_BEGIN_FOR.format(source=source)
-    found = begin if begin in text else README_BEGIN if _BEGIN_ANY.findall(text) == [README_BEGIN] else None
-    if found is None or README_END not in text.split(found, 1)[1]:
-        return False
-    head, rest = text.split(found, 1)
-    _, tail = rest.split(README_END, 1)
-    block = "\n".join([begin, f"Claims table of [`{source}`]({source}), generated from its numbers:", ""]
-                      + claims_table(analysis)
-                      + ["", f"Collapse criterion (token entropy falls to <= {COLLAPSE_CRITERION} of its start):", ""]
-                      + collapse_table(analysis) + ["", README_END])
-    atomic_write_text(readme, head + block + tail)
-    return True
-
+    lines = ([f"Claims table of [`{source}`]({source}), generated from its numbers:", ""] + claims_table(analysis)
+             + ["", f"Collapse criterion (token entropy falls to <= {COLLAPSE_CRITERION} of its start):", ""]
+             + collapse_table(analysis) + [""])
+    return replace_readme_block(readme, README_BEGIN_FOR.format(source=source), README_END, lines,
+                                untagged=README_BEGIN, any_begin=_BEGIN_ANY)
