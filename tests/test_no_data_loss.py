@@ -64,6 +64,7 @@ def _commands(proj: Path, tmp: Path) -> dict[tuple[str, ...], list[str]]:
         ("export", "verl"): ["export", "verl", "--env", "searchgym/SingleHop-v0", "--out", str(proj / "notes" / "todo.txt")],
         ("run",): ["run", "--preset", "smoke", "--out", str(proj)],
         ("merge",): ["merge", str(tmp), "--out", str(proj)],
+        ("compare",): ["compare", str(tmp), str(tmp), "--out", str(proj / "notes" / "todo.txt")],
     }
 
 
@@ -96,6 +97,7 @@ def _required_stub(words):
         ("demos",): ["--world", "w", "--kind", "narrow", "--out", "o"], ("eval",): ["--policy", "random", "--env", "e"],
         ("train", "sft"): ["--model", "m", "--demos", "d", "--out", "o"], ("train", "rl"): [],
         ("export", "verl"): ["--out", "o.parquet"], ("run",): [], ("merge",): ["r", "--out", "o"],
+        ("compare",): ["a", "b", "--out", "o.md"],
     }[words]
 
 
