@@ -131,6 +131,13 @@ def get_preset(name: str) -> Preset:
     # - 16 x 8, ONE PPO epoch x 2 mini-batches (each sample used once, the second mini-batch
     #   off-policy), lr 2e-3 cosine -> 2e-4: x0.51 in 30 steps, reward 0.25 -> 0.40, 4.8 s a step
     #   (vs 9.3 s with 2 epochs): the most collapse per second, so the regime below.
+    # - the narrow warm start in this regime (2026-12-07, Xeon build b4d9211b, the one full uses):
+    #   plain GRPO's training entropy spiked in its first steps in 2 of 3 small seeds (s2: 0.34 ->
+    #   0.79 at step 5, reward 0.30 -> 0.08-0.18 after) and the evaluation ended above its start
+    #   (0.36 -> 0.38 / 0.49, accuracy -0.05 / -0.10); with 5 warmup steps (same seeds and
+    #   questions; docs/results/probes/narrow-grpo-warmup5) all 3 seeds fell, 0.36 -> 0.28-0.30
+    #   (-0.072 [-0.087, -0.057] nats), accuracy +0.008 [-0.044, +0.067], but only to 0.79-0.83 of
+    #   the start. Not adopted (it changes every arm); the pilot probed only the diverse warm start.
     regime = dict(batch_questions=16, n_samples=8, ppo_epochs=1, num_minibatches=2, temperature=1.3,
                   train_family="multi_hop", hidden_states=True, eval_every=0, tensorboard=False,
                   optim={"lr": 2e-3, "warmup_steps": 0, "min_lr_ratio": 0.1})
