@@ -174,6 +174,11 @@ class ArmData:
 #: ArmData field each fills: what a run writes, merge copies and the report reads.
 ARM_RECORD_FILES = {"metrics.jsonl": "steps", "eval.jsonl": "evals", "eval_questions.jsonl": "questions"}
 
+#: The ``arm.json`` provenance fields every arm of one experiment shares (besides, per warm
+#: start, its SFT stage key ``warm_start_key``), and what each is: what ``searchgym merge``
+#: and ``searchgym compare`` check before treating runs as one experiment.
+EXPERIMENT_PROVENANCE = {"preset": "preset", "config": "config hash", "code": "arm code fingerprint"}
+
 
 def arm_dirs(run_dir: str | Path) -> list[Path]:
     """The arm folders of a run (those holding an ``arm.json``), sorted; [] without ``arms/``."""

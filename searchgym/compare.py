@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from searchgym.analysis import arm_dirs, finite, read_arm_json
+from searchgym.analysis import EXPERIMENT_PROVENANCE, arm_dirs, finite, read_arm_json
 from searchgym.markdown import _fmt_effect, _machine, replace_readme_block, table
 
 FORMAT = "searchgym-compare"
@@ -48,8 +48,8 @@ RULES = {
 }
 
 #: What must be the same in both runs, in the order checked: (field, what it is).
-_IDENTITY = (("meta.preset", "preset"), ("provenance.code", "arm code fingerprint"),
-             ("provenance.config", "config hash"), ("provenance.preset", "the arms' preset"),
+_IDENTITY = (("meta.preset", "preset"),
+             *((f"provenance.{k}", f"the arms' {what}") for k, what in EXPERIMENT_PROVENANCE.items()),
              ("meta.seeds", "seeds"), ("meta.objectives", "objectives"), ("meta.warm_starts", "warm starts"),
              ("provenance.warm_start_key", "SFT stage key per warm start"))
 _CLAIM_KEYS = ("claim", "scope", "measurement", "verdict")
@@ -112,7 +112,7 @@ def experiment_identity(run: str | Path, meta: dict) -> dict:
             raise CompareRefused(f"{d / 'arm.json'}: no provenance, so its arm code fingerprint (provenance.code) "
                                  "cannot be checked")
     ident = {"meta.preset": meta.get("preset")}
-    for k in ("code", "config", "preset"):
+    for k in EXPERIMENT_PROVENANCE:
         ident[f"provenance.{k}"] = _one(run, f"provenance.{k}", {a["provenance"].get(k) for _, a in arms})
     for k in ("seeds", "objectives", "warm_starts"):
         v = meta.get(k)

@@ -22,13 +22,12 @@ import json
 import shutil
 from pathlib import Path
 
-from searchgym.analysis import ARM_RECORD_FILES, arm_dirs, read_arm_json, run_time
+from searchgym.analysis import ARM_RECORD_FILES, EXPERIMENT_PROVENANCE, arm_dirs, read_arm_json, run_time
 from searchgym.report import write_report
 from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
 
 MARKER = "merge.json"
 ARM_FILES = ("arm.json", *ARM_RECORD_FILES)
-_SAME = {"preset": "preset", "config": "config hash", "code": "arm code fingerprint"}
 
 
 class MergeRefused(ValueError):
@@ -70,7 +69,7 @@ def check_parts(parts: dict[Path, list[tuple[Path, dict]]]) -> None:
             p = a["provenance"]
             if ref is None:
                 ref_dir, ref = d, p
-            for k, what in _SAME.items():
+            for k, what in EXPERIMENT_PROVENANCE.items():
                 if p.get(k) != ref.get(k):
                     raise MergeRefused(f"{d}: its {what} ({p.get(k)}) differs from {ref_dir}'s ({ref.get(k)}): "
                                        "not the same experiment")
