@@ -8,6 +8,10 @@ seeds. Everything here takes ``Mapping[seed, Sequence[float] | Mapping[question,
   a percentile interval from resampling seeds, then questions within each resampled seed.
 - ``paired_difference`` -- the same for a - b paired on (seed, question): final - RL start of
   one arm, objective - GRPO within a seed and warm start, eval A - eval B of one policy.
+- Both take ``builds`` (seed -> the build it belongs to, e.g. its SFT warm-start build): with
+  two or more builds the resampling has three levels, builds, then seeds within a build, then
+  questions, and the estimate weights builds equally; seeds that share a build are not
+  independent replicates of the build-to-build variation.
 - ``min_detectable_difference``, ``equivalence_test`` (TOST), ``verdict`` (stated rules that
   turn an effect into supported / contradicted / inconclusive at this power).
 - ``repeated_measures_correlation`` (rmcorr) and ``change_correlation`` (Spearman of per-arm
@@ -216,9 +220,64 @@ def _two_level_means(arrays: list[np.ndarray], n_boot: int, rng: np.random.Gener
     return out
 
 
+def _three_level_means(members: list[list[int]], arrays: list[np.ndarray], n_boot: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap draws of mean_b(mean_s(mean_q)): builds drawn with replacement, then, within
+    each drawn build, as many of its seeds as it has, with replacement, then each drawn
+    seed's questions with replacement. ``members[b]``: the indices into ``arrays`` of build
+    ``b``'s seeds. Vectorised over draws like ``_two_level_means`` (padded and masked)."""
+    n_builds = len(members)
+    sizes = np.array([len(m) for m in members], dtype=np.intp)
+    s_width = int(sizes.max())
+    member_mat = np.zeros((n_builds, s_width), dtype=np.intp)
+    for b, m in enumerate(members):
+        member_mat[b, : len(m)] = m
+    counts = np.array([a.size for a in arrays], dtype=np.intp)
+    width = int(counts.max())
+    mat = np.zeros((len(arrays), width))
+    for i, a in enumerate(arrays):
+        mat[i, : a.size] = a
+    flat = mat.ravel()
+    out = np.empty(n_boot)
+    chunk = max(1, _CHUNK_ELEMENTS // (n_builds * s_width * width))
+    for start in range(0, n_boot, chunk):
+        nb = min(chunk, n_boot - start)
+        bi = rng.integers(0, n_builds, size=(nb, n_builds))
+        ns = sizes[bi]  # (nb, B): seeds of each drawn build
+        pos = np.minimum((rng.random((nb, n_builds, s_width)) * ns[..., None]).astype(np.intp), ns[..., None] - 1)
+        si = member_mat[bi[..., None], pos]  # (nb, B, S): drawn seeds (global index)
+        smask = np.arange(s_width) < ns[..., None]
+        nq = counts[si]
+        qi = np.minimum((rng.random((nb, n_builds, s_width, width)) * nq[..., None]).astype(np.intp),
+                        nq[..., None] - 1)
+        qmask = np.arange(width) < nq[..., None]
+        per_seed = np.where(qmask, flat[si[..., None] * width + qi], 0.0).sum(axis=-1) / nq
+        per_build = np.where(smask, per_seed, 0.0).sum(axis=-1) / ns
+        out[start : start + nb] = per_build.mean(axis=-1)
+    return out
+
+
+def _build_members(seeds: list[str], builds: Mapping[Any, Any] | None) -> list[list[int]] | None:
+    """Indices of ``seeds`` (as ``_seed_arrays`` names them: ``str`` of the key) grouped by
+    build, builds in first-seen order; None without ``builds`` or with fewer than two builds
+    among these seeds. A seed ``builds`` does not name is a ValueError."""
+    if builds is None:
+        return None
+    if not isinstance(builds, Mapping):
+        raise ValueError(f"builds must be a mapping seed -> build, got {type(builds).__name__}")
+    by_name = {str(k): b for k, b in builds.items()}
+    groups: dict[Any, list[int]] = {}
+    for i, k in enumerate(seeds):
+        if k not in by_name:
+            raise ValueError(f"builds: no build given for seed {k!r}")
+        groups.setdefault(by_name[k], []).append(i)
+    return list(groups.values()) if len(groups) > 1 else None
+
+
 def _bootstrap_arrays(
     seeds: list[str], arrays: list[np.ndarray], dropped: int, *, n_boot: int, confidence: float,
     seed: int, bounds: tuple[float, float] | None, extra_reason: str = "",
+    members: list[list[int]] | None = None,
 ) -> BootstrapResult:
     nan = math.nan
     per_seed = tuple(int(a.size) for a in arrays)
@@ -231,14 +290,21 @@ def _bootstrap_arrays(
     if not arrays:
         return BootstrapResult(nan, nan, nan, nan, method="none", reason="; ".join(["no finite values"] + notes),
                                **common)
-    estimate = float(np.mean([a.mean() for a in arrays]))
-    method = "seeds>questions" if len(arrays) > 1 else "questions only (1 seed)"
+    if members is not None:
+        estimate = float(np.mean([np.mean([arrays[i].mean() for i in m]) for m in members]))
+        method = "builds>seeds>questions"
+        notes.insert(0, f"{len(members)} builds, resampled above their seeds")
+    else:
+        estimate = float(np.mean([a.mean() for a in arrays]))
+        method = "seeds>questions" if len(arrays) > 1 else "questions only (1 seed)"
     if len(arrays) == 1:
         notes.insert(0, "one seed: the interval covers question sampling only, not seed-to-seed variation")
     if total == 1:
         return BootstrapResult(estimate, nan, nan, nan, method=method,
                                reason="; ".join(["one value: no interval"] + notes), **common)
-    boot = _two_level_means(arrays, n_boot, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    boot = _three_level_means(members, arrays, n_boot, rng) if members is not None else \
+        _two_level_means(arrays, n_boot, rng)
     lo, hi = _percentile_interval(boot, confidence)
     se = float(boot.std(ddof=1)) if boot.size > 1 else nan
     clipped = False
@@ -260,6 +326,7 @@ def hierarchical_bootstrap(
     confidence: float = 0.95,
     seed: int = 0,
     bounds: tuple[float, float] | None = None,
+    builds: Mapping[Any, Any] | None = None,
 ) -> BootstrapResult:
     """Mean over seeds of the per-seed mean over questions, with a two-level bootstrap CI.
 
@@ -288,6 +355,12 @@ def hierarchical_bootstrap(
     With one seed: questions only, ``method`` says so. With one value: the estimate, no
     interval.
 
+    ``builds`` (seed -> build): when the seeds come from two or more builds (e.g. each seed's
+    RL started from one of several SFT warm-start builds), the estimate is the mean over
+    builds of the mean over that build's seeds, and each draw resamples builds, then seeds
+    within each drawn build, then questions (``method`` "builds>seeds>questions"). With one
+    build among the seeds it is the two-level bootstrap above, draw for draw.
+
     Raises ValueError for a non-mapping, non-numeric values, n_boot < 1, confidence outside
     (0, 1) or bad bounds.
     """
@@ -296,7 +369,8 @@ def hierarchical_bootstrap(
         raise ValueError(f"n_boot must be >= 1, got {n_boot!r}")
     b = _check_bounds(bounds)
     seeds, arrays, dropped = _seed_arrays(values)
-    return _bootstrap_arrays(seeds, arrays, dropped, n_boot=int(n_boot), confidence=c, seed=seed, bounds=b)
+    return _bootstrap_arrays(seeds, arrays, dropped, n_boot=int(n_boot), confidence=c, seed=seed, bounds=b,
+                             members=_build_members(seeds, builds))
 
 
 def pair_differences(
@@ -368,6 +442,7 @@ def paired_difference(
     seed: int = 0,
     bounds: tuple[float, float] | None = None,
     metric_bounds: tuple[float, float] | None = None,
+    builds: Mapping[Any, Any] | None = None,
 ) -> BootstrapResult:
     """a - b paired on (seed, question), then ``hierarchical_bootstrap`` of the differences.
 
@@ -377,6 +452,7 @@ def paired_difference(
     ``n_dropped`` counts unpaired and non-finite items (``pair_differences``). Typical uses:
     final - RL start of one arm; objective - GRPO within a seed and warm start; eval A - eval
     B of one policy (the null control: its interval is the metric's noise floor).
+    ``builds``: seed -> build, as in ``hierarchical_bootstrap``.
     """
     c = _check_confidence(confidence)
     if int(n_boot) < 1:
@@ -392,7 +468,7 @@ def paired_difference(
     if unpaired:
         note += f"; {unpaired} unpaired or non-finite dropped"
     return _bootstrap_arrays(seeds, arrays, unpaired + nonfinite, n_boot=int(n_boot), confidence=c, seed=seed,
-                             bounds=diff_bounds, extra_reason=note)
+                             bounds=diff_bounds, extra_reason=note, members=_build_members(seeds, builds))
 
 
 # ----------------------------------------------------------------------------- power, TOST, verdicts

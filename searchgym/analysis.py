@@ -127,6 +127,19 @@ _OBJECTIVE_ORDER = ("grpo", "entropy_bonus", "clip_higher", "clip_cov", "kl_cov"
 # ----------------------------------------------------------------------------- loading
 
 
+@dataclass(frozen=True, order=True)
+class Unit:
+    """The replicate of a report pooled over SFT builds (``searchgym merge --builds``): a seed
+    within a build. Arms of one unit share their warm starts, question stream and evaluation
+    questions, so they are compared paired, as the arms of one seed are in a single run."""
+
+    build: str
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.build}/s{self.seed}"
+
+
 @dataclass
 class ArmData:
     """One RL arm's records, as read from ``arms/<arm_id>/``."""
@@ -141,6 +154,18 @@ class ArmData:
     steps: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     questions: list[dict] = field(default_factory=list)
+    # the SFT build its warm starts came from, in a report pooled over builds ("" otherwise)
+    build: str = ""
+
+    @property
+    def unit(self) -> "int | Unit":
+        """The replicate this arm belongs to: its seed, or (build, seed) when pooled over builds."""
+        return Unit(self.build, self.seed) if self.build else self.seed
+
+    @property
+    def unit_label(self) -> "int | str":
+        """``unit`` as the report writes it: the seed, or ``"<build>/s<seed>"``."""
+        return str(self.unit) if self.build else self.seed
 
     @property
     def group(self) -> tuple[str, str]:
@@ -212,7 +237,7 @@ def load_arms(run_dir: str | Path) -> list[ArmData]:
         meta = read_arm_json(d / "arm.json")
         arm = ArmData(arm_id=meta["arm_id"], warm_start=meta["warm_start"], objective=meta["objective"],
                       seed=int(meta["seed"]), status=meta.get("status", "ok"), error=meta.get("error"),
-                      wall_s=meta.get("wall_s"))
+                      wall_s=meta.get("wall_s"), build=str(meta.get("build") or ""))
         for name, attr in ARM_RECORD_FILES.items():
             path = d / name
             if path.exists():
@@ -255,10 +280,19 @@ def _effect(a: Mapping[int, Mapping[str, float]], b: Mapping[int, Mapping[str, f
     if not a or not b:
         return {"estimate": None, "ci_low": None, "ci_high": None, "mde": None, "n_seeds": 0,
                 "reason": "no paired data"}
-    r = st.paired_difference(a, b, bounds=_diff_bounds(m), seed=seed)
+    builds = _builds(a)
+    r = st.paired_difference(a, b, bounds=_diff_bounds(m), seed=seed, builds=builds)
     d = _result_dict(r)
+    if builds:  # a report pooled over builds: how many this effect rests on
+        d["n_builds"] = len(set(builds.values()))
     d["_result"] = r
     return d
+
+
+def _builds(units) -> dict | None:
+    """unit -> build for the bootstrap's build level (None when the units are plain seeds)."""
+    builds = {u: u.build for u in units if isinstance(u, Unit)}
+    return builds or None
 
 
 def _result_dict(r: "st.BootstrapResult") -> dict:
@@ -270,12 +304,12 @@ def _result_dict(r: "st.BootstrapResult") -> dict:
 def _level(arms: list[ArmData], step_of, m: Metric, replica: str = "A") -> dict:
     """Mean of metric ``m`` over seeds then questions at each arm's ``step_of(arm)``, with its
     hierarchical-bootstrap interval."""
-    vals = {a.seed: a.per_question(step_of(a), m.name, replica) for a in arms}
+    vals = {a.unit: a.per_question(step_of(a), m.name, replica) for a in arms}
     vals = {s: v for s, v in vals.items() if v}
     if not vals:
         return {"estimate": None, "ci_low": None, "ci_high": None}
     return _result_dict(st.hierarchical_bootstrap(vals, bounds=m.bounds if m.bounds and all(
-        math.isfinite(x) for x in m.bounds) else None))
+        math.isfinite(x) for x in m.bounds) else None, builds=_builds(vals)))
 
 
 def _final_step(arm: ArmData) -> int:
@@ -283,8 +317,9 @@ def _final_step(arm: ArmData) -> int:
     return steps[-1] if steps else 0
 
 
-def _by_seed(arms: list[ArmData], step_of, name: str, replica: str = "A") -> dict[int, dict[str, float]]:
-    return {a.seed: a.per_question(step_of(a), name, replica) for a in arms}
+def _by_seed(arms: list[ArmData], step_of, name: str, replica: str = "A") -> dict:
+    """{unit: {question: value}}: the arms' per-question values by replicate (``ArmData.unit``)."""
+    return {a.unit: a.per_question(step_of(a), name, replica) for a in arms}
 
 
 # ----------------------------------------------------------------------------- controls
@@ -364,7 +399,7 @@ def control_status(ok: list[ArmData], metric_names: list[str]) -> dict[str, dict
                 lens = a.per_question(0, "response_length")
                 for q, v in a.per_question(0, name).items():
                     if q in lens:
-                        xs.append(v), ys.append(lens[q]), subj.append(f"{a.warm_start}-{a.seed}")
+                        xs.append(v), ys.append(lens[q]), subj.append(f"{a.warm_start}-{a.unit_label}")
             c = st.repeated_measures_correlation(xs, ys, subj) if len(xs) >= 4 else None
             if c is not None and finite(c.r) is not None:
                 tracks = abs(c.r) >= LENGTH_MAX_R and not (c.ci_low <= 0 <= c.ci_high)
@@ -387,8 +422,8 @@ def _start_effect(starts: list[ArmData], warm: str, a: tuple[str, str], b: tuple
 def _start_arms(ok: list[ArmData]) -> list[ArmData]:
     seen, out = set(), []
     for a in sorted(ok, key=lambda a: (objective_rank(a.objective), a.arm_id)):
-        if (a.warm_start, a.seed) not in seen and a.eval_record(0, "A") is not None:
-            seen.add((a.warm_start, a.seed))
+        if (a.warm_start, a.unit) not in seen and a.eval_record(0, "A") is not None:
+            seen.add((a.warm_start, a.unit))
             out.append(a)
     return out
 
@@ -446,8 +481,8 @@ def analyse(arms: list[ArmData], meta: dict | None = None) -> dict:
     # per arm group: levels at the RL start and the end, and the paired change
     table = []
     for g, members in sorted(groups.items(), key=lambda kv: (objective_rank(kv[0][1]), kv[0][0])):
-        members = sorted(members, key=lambda a: a.seed)
-        row: dict = {"warm_start": g[0], "objective": g[1], "seeds": [a.seed for a in members],
+        members = sorted(members, key=lambda a: a.unit)
+        row: dict = {"warm_start": g[0], "objective": g[1], "seeds": [a.unit_label for a in members],
                      "final_step": min(_final_step(a) for a in members), "metrics": {}}
         for name in metric_names:
             m = metric(name)
@@ -467,16 +502,27 @@ def analyse(arms: list[ArmData], meta: dict | None = None) -> dict:
     correlations = _correlations(ok)
     question_correlations = _question_correlations(ok)
     claims = _claims(groups, controls, vs_grpo, warm_cmp, table)
+    builds = sorted({a.build for a in ok if a.build})
+    by_build = {}
+    if len(builds) > 1:  # pooled over SFT builds: each build's own claims, analysed as a run of its own
+        for b in builds:
+            sub = analyse([a for a in arms if a.build == b])
+            by_build[b] = [{"claim": c["claim"], "scope": c["scope"], "measurement": c["measurement"],
+                            "verdict": c["verdict"], "effect": {k: c["effect"].get(k) for k in
+                                                                ("estimate", "ci_low", "ci_high", "n_seeds")}}
+                           for c in sub["claims"]]
     return _clean({
         "meta": meta,
         "run_time": parts_run_time(meta["parts"]) if meta.get("parts") else run_time(meta.get("stage_times") or {}),
-        "rules": _rules(),
+        "rules": _rules(len({a.build for a in ok if a.build})),
         "arms": [{"arm_id": a.arm_id, "warm_start": a.warm_start, "objective": a.objective, "seed": a.seed,
+                  **({"build": a.build} if a.build else {}),
                   "status": a.status if a in ok else ("failed" if a.status == "failed" else "no_eval"),
                   "error": a.error, "wall_s": a.wall_s, "steps": len(a.steps), "evals": len(a.evals)}
                  for a in arms],
         "failed_arms": [{"arm_id": a.arm_id, "error": a.error or "no evaluation records"} for a in failed],
         "claims": claims,
+        **({"claims_by_build": by_build} if by_build else {}),
         "controls": controls,
         "table": table,
         "vs_grpo": vs_grpo,
@@ -485,6 +531,18 @@ def analyse(arms: list[ArmData], meta: dict | None = None) -> dict:
         "question_correlations": question_correlations,
     })
 
+
+#: The intervals rule's addition in a report pooled over SFT builds (``searchgym merge --builds``).
+BUILDS_RULE = (
+    ". THIS REPORT POOLS {builds} SFT BUILDS (each run's warm starts trained with its own SFT seed, the RL "
+    "config and code identical): an effect whose arms come from two or more builds is the mean over builds of "
+    "the mean over seeds, and its interval resamples builds, then seeds within a build, then questions, so it "
+    "includes the variation between builds (column 'builds'); an effect resting on one build is conditional on "
+    "it as above. With 3 builds x 3 seeds the three-level interval also under-covers when builds differ by more "
+    "than the question-level error (simulated coverage of the 95% interval, 3 x 3 x 64, build sd / question se "
+    "0 -> 0.99, 1 -> 0.92, 2 -> 0.81, 4 -> 0.78; the two-level interval on the same data: 0.99, 0.87, 0.67, "
+    "0.59)"
+)
 
 #: The pilot's collapse criterion: RL has made the phenomenon when token entropy falls to at
 #: most this share of its start (../shared/RESEARCH.md section 2).
@@ -503,11 +561,11 @@ def collapse_criterion(members: list[ArmData]) -> dict:
             w = max(1, len(v) // 10)
             first = float(np.mean(v[:w]))
             if first > 1e-6:
-                train[a.seed] = float(np.mean(v[-w:])) / first
+                train[a.unit_label] = float(np.mean(v[-w:])) / first
         h0 = a.eval_value(0, "entropy")
         h1 = a.eval_value(_final_step(a), "entropy")
         if h0 and h1 is not None and _final_step(a) > 0:
-            ev[a.seed] = h1 / h0
+            ev[a.unit_label] = h1 / h0
     met = bool(train) and all(v <= COLLAPSE_CRITERION for v in train.values())
     return {"threshold": COLLAPSE_CRITERION, "train_entropy_ratio": train, "eval_entropy_ratio": ev,
             "met": met if train else None}
@@ -583,7 +641,7 @@ def _law(members: list[ArmData]) -> dict:
             if h is not None and acc is not None:
                 p.append((h, acc))
         if p:
-            pts[a.seed] = p
+            pts[a.unit_label] = p
     if not pts:
         return {"reason": "no evaluation points"}
     fit = st.fit_entropy_law_bootstrap(pts)
@@ -685,7 +743,8 @@ def _question_correlations(ok: list[ArmData]) -> list[dict]:
 # ----------------------------------------------------------------------------- claims
 
 
-def _rules() -> dict:
+def _rules(builds: int = 0) -> dict:
+    """The report's rules; ``builds`` > 1: the report pools that many SFT builds."""
     return {
         "decrease": st.verdict_rule("decrease"),
         "increase": st.verdict_rule("increase"),
@@ -711,7 +770,8 @@ def _rules() -> dict:
                       "measurement, not a replication. Every seed of a warm start starts RL from the same SFT "
                       "build (one per warm start), so the intervals are conditional on that build and leave out "
                       "the variation between builds; `searchgym compare` of two runs of one experiment whose "
-                      "builds differ (e.g. on two CPUs) shows it"),
+                      "builds differ (e.g. on two CPUs) shows it" + (BUILDS_RULE.format(builds=builds) if builds > 1
+                                                                      else "")),
         "mechanism": EQUIVALENCE_RULE,
         "margins": f"'does not change' margins: {RELATIVE_MARGIN:.0%} of the metric's RL-start value "
                    f"(hidden-state and graph metrics); accuracy: +-{ACCURACY_MARGIN} absolute",

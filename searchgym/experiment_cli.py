@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from searchgym.presets import get_preset, with_arms, with_overrides
+from searchgym.presets import get_preset, overrides_note, with_arms, with_overrides
 
 
 def _int_list(text: str) -> list[int]:
@@ -72,6 +72,10 @@ def add_commands(subparsers) -> None:
     m.add_argument("runs", nargs="+", metavar="RUN", help="run folders, e.g. runs/full-s01 docs/results/full-parts/s234")
     m.add_argument("--out", required=True, help="the merged run folder (new, empty, or an earlier merge)")
     m.add_argument("--readme", default=None, help="README to update (its generated claims block for this report)")
+    m.add_argument("--builds", action="store_true",
+                   help="pool runs that differ only in their SFT config (each run its own warm-start build, e.g. "
+                   "--set sft.seed=K): the report's replicate becomes (build, seed) and its intervals resample "
+                   "builds, then seeds, then questions")
     m.set_defaults(func=_merge)
 
     c = subparsers.add_parser(
@@ -96,9 +100,9 @@ def add_commands(subparsers) -> None:
 def _merge(args) -> int:
     from searchgym.merge import merge_runs
 
-    rep = merge_runs(args.out, args.runs)
-    print(f"report: {Path(args.out) / 'report.md'} ({len(rep['arms'])} arms from {len(args.runs)} run(s), "
-          f"{len(rep['claims'])} claims)")
+    rep = merge_runs(args.out, args.runs, builds=args.builds)
+    print(f"report: {Path(args.out) / 'report.md'} ({len(rep['arms'])} arms from {len(args.runs)} run(s)"
+          f"{' (one SFT build each)' if args.builds else ''}, {len(rep['claims'])} claims)")
     return _update_readme(args.readme, rep, Path(args.out))
 
 
@@ -167,8 +171,7 @@ def _run(args) -> int:
     preset = with_arms(with_overrides(get_preset(args.preset), args.overrides), objectives=args.arms,
                        warm_starts=args.warm_starts, seeds=args.seeds, workers=args.workers)
     if args.overrides:
-        preset = dataclasses.replace(preset, notes=tuple(preset.notes) + (
-            "preset overrides: " + ", ".join(f"`{o}`" for o in args.overrides),))
+        preset = dataclasses.replace(preset, notes=tuple(preset.notes) + (overrides_note(args.overrides),))
     out = args.out or f"runs/{preset.name}"
     t0 = time.perf_counter()
     rep = run_experiment(preset, out, progress=not args.no_progress)

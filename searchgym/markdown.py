@@ -50,8 +50,38 @@ def claims_table(analysis: dict) -> list[str]:
             extra += f"; mechanism: {c['mechanism']}"
         rows.append([c["claim"], c["scope"], c["measurement"], _fmt_effect(eff) + extra, _fmt(eff.get("mde")),
                      c["control"], f"**{c['verdict']}**"])
-    return table(["claim", "scope", "measurement", "effect [95% CI]", "smallest detectable", "control", "verdict"],
-                 rows)
+    head = ["claim", "scope", "measurement", "effect [95% CI]", "smallest detectable", "control", "verdict"]
+    if any("n_builds" in c["effect"] for c in analysis["claims"]):  # pooled over SFT builds: how many each rests on
+        head.insert(4, "builds")
+        for row, c in zip(rows, analysis["claims"]):
+            row.insert(4, str(c["effect"].get("n_builds", "-")))
+    return table(head, rows)
+
+
+def builds_table(analysis: dict) -> list[str]:
+    """A report pooled over SFT builds: every claim's effect [95% CI] and verdict in each
+    build analysed on its own (conditional on that build), then pooled; [] otherwise."""
+    by_build = analysis.get("claims_by_build") or {}
+    if not by_build:
+        return []
+    cells = {b: {(c["claim"], c["scope"], c["measurement"]): c for c in rows} for b, rows in by_build.items()}
+
+    def cell(c: dict | None) -> str:
+        return "-" if c is None else f"{_fmt_effect(c['effect'])} {c['verdict']}"
+
+    rows, every, same, decisive = [], 0, 0, 0
+    for c in analysis["claims"]:
+        key = (c["claim"], c["scope"], c["measurement"])
+        alone = [cells[b].get(key) for b in by_build]
+        rows.append([*key, *(cell(x) for x in alone), f"{_fmt_effect(c['effect'])} **{c['verdict']}**"])
+        if all(x is not None for x in alone):
+            every += 1
+            same += len({x["verdict"] for x in alone}) == 1
+            decisive += c["verdict"] in ("supported", "contradicted")
+    return table(["claim", "scope", "measurement", *(f"build {b} alone" for b in by_build), "pooled"], rows) + [
+        "", f"Of the {every} claims measured in every build: the verdict is the same in every build alone for "
+        f"{same}; pooled over the builds, {decisive} are decisive (supported or contradicted). (Counted from the "
+        "table: a claim counts as measured in a build when that build has its arms.)"]
 
 
 def _header(meta: dict, analysis: dict) -> list[str]:
@@ -59,6 +89,7 @@ def _header(meta: dict, analysis: dict) -> list[str]:
     rt = analysis["run_time"]
     if meta.get("parts"):  # searchgym merge: each part's own seeds, time and machine
         parts = "; ".join(
+            (f"build {e['build']} = " if e.get("build") else "") +
             f"`{e['run']}` (seeds {e['seeds']}, {e['arms']} arms, {_fmt(e.get('from_scratch_s'), 0)} s from scratch"
             f"{', approximate' if e.get('approximate') else ''}"
             f"{'; ' + _machine(e['machine']) if e.get('machine') else ''})" for e in meta["parts"])
@@ -83,6 +114,12 @@ def _header(meta: dict, analysis: dict) -> list[str]:
     if m:  # older runs did not record it; their reports stay as they were
         lines[0] = lines[0][:-1] + f"; {_machine(m)}."
     lines += [f"\n**Note:** {note}" for note in meta.get("notes", [])]
+    if meta.get("builds"):  # searchgym merge --builds: what each build is
+        lines.append("\n**SFT builds pooled** (`searchgym merge --builds`; the replicate is (build, seed), see the "
+                     "intervals rule): " + "; ".join(
+                         f"{b['build']}: `{b['run']}`, SFT overrides {', '.join(f'`{o}`' for o in b['sft_overrides']) or 'none (the preset)'}"
+                         f", SFT stage keys {', '.join(f'{w} {k}' for w, k in b['warm_start_key'].items())}"
+                         for b in meta["builds"]))
     return lines + [""]
 
 
@@ -148,6 +185,11 @@ def render_markdown(analysis: dict, figures: dict[str, str]) -> str:
     lines += ["", "Effects are paired differences with 95% intervals from a hierarchical bootstrap over seeds, then "
               "questions; 'smallest detectable' is the difference this run could have detected "
               "(80 % power, alpha 0.05).", ""]
+    if analysis.get("claims_by_build"):
+        lines += ["## The claims in each SFT build alone, and pooled", "",
+                  "Each build's arms analysed as a run of their own (intervals conditional on that build), beside "
+                  "the pooled effect above (builds resampled above seeds). A verdict that differs between builds "
+                  "rests on the build, not only on RL.", ""] + builds_table(analysis) + [""]
 
     lines += ["## Controls (every instrument, on this run's rollouts)", ""]
     lines += table(["metric", "forced collapse: max (collapsed-floor)/(original-floor)",
@@ -274,5 +316,7 @@ def update_readme(readme: str | Path, analysis: dict, source: str) -> bool:
     lines = ([f"Claims table of [`{source}`]({source}), generated from its numbers:", ""] + claims_table(analysis)
              + ["", f"Collapse criterion (token entropy falls to <= {COLLAPSE_CRITERION} of its start):", ""]
              + collapse_table(analysis) + [""])
+    if analysis.get("claims_by_build"):
+        lines += ["Each SFT build alone, and pooled:", ""] + builds_table(analysis) + [""]
     return replace_readme_block(readme, README_BEGIN_FOR.format(source=source), README_END, lines,
                                 untagged=README_BEGIN, any_begin=_BEGIN_ANY)

@@ -14,6 +14,15 @@ two warm starts are compared against each other). An arm id in two parts is refu
 Nothing of the parts is changed: their arm files are copied into ``OUT/arms``, the parts'
 own headers (times, machines, warm-start hashes) into ``OUT/merge.json`` and the report's
 header, and the report is computed from the copies exactly as for a single run.
+
+``--builds`` (``merge_runs(..., builds=True)``, :func:`check_builds`) pools runs that are one experiment except for their SFT
+warm starts: each run trained its own build (``--set sft.seed=K``), with the same preset,
+arm code and everything else of the config. Every run's config hash must be the preset's
+with the ``--set`` assignments its report records, and those may differ between runs only
+in ``sft.*``; no two runs may share an SFT stage key. Each run becomes build ``b<i>`` (in
+the order given): its arms are copied as ``OUT/arms/b<i>-<arm_id>`` with ``build`` in their
+``arm.json``, and the report's replicate is (build, seed), with builds resampled above seeds
+(:mod:`searchgym.metrics.stats`), so its intervals include the variation between builds.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import shutil
 from pathlib import Path
 
 from searchgym.analysis import ARM_RECORD_FILES, EXPERIMENT_PROVENANCE, arm_dirs, read_arm_json, run_time
+from searchgym.presets import get_preset, overrides_from_notes, with_overrides
 from searchgym.report import write_report
 from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
 
@@ -71,8 +81,9 @@ def check_parts(parts: dict[Path, list[tuple[Path, dict]]]) -> None:
                 ref_dir, ref = d, p
             for k, what in EXPERIMENT_PROVENANCE.items():
                 if p.get(k) != ref.get(k):
+                    hint = " (runs whose SFT builds differ pool with --builds)" if k == "config" else ""
                     raise MergeRefused(f"{d}: its {what} ({p.get(k)}) differs from {ref_dir}'s ({ref.get(k)}): "
-                                       "not the same experiment")
+                                       f"not the same experiment{hint}")
             ws = a["warm_start"]
             key = p.get("warm_start_key")
             if ws in ws_ref and ws_ref[ws][1] != key:
@@ -91,9 +102,59 @@ def check_parts(parts: dict[Path, list[tuple[Path, dict]]]) -> None:
             weights.setdefault(slot, (d, sha))
 
 
-def merged_meta(out: Path, metas: dict[Path, dict], parts: dict[Path, list[tuple[Path, dict]]]) -> dict:
+def _sft_overrides(run: Path, meta: dict, arms: list[tuple[Path, dict]]) -> tuple[list[str], list[str]]:
+    """(its ``sft.*`` assignments, the others) of a run, after checking that its config hash
+    is the preset's with the assignments its report records (:class:`MergeRefused` if not)."""
+    from searchgym.experiment import experiment_config_key
+
+    prov = arms[0][1]["provenance"]
+    overrides = overrides_from_notes(meta.get("notes"))
+    try:
+        key = experiment_config_key(with_overrides(get_preset(prov.get("preset")), overrides))
+    except ValueError as exc:
+        raise MergeRefused(f"{run}: its preset and overrides cannot be rebuilt ({exc})") from None
+    if key != prov.get("config"):
+        raise MergeRefused(f"{run}: its config hash ({prov.get('config')}) is not the {prov.get('preset')} preset's "
+                           f"with the overrides its report records ({overrides or 'none'}: {key}); cannot verify "
+                           "that it differs from the other runs only in its SFT config")
+    sft = [o for o in overrides if o.split("=", 1)[0].strip().startswith("sft.")]
+    return sft, [o for o in overrides if o not in sft]
+
+
+def check_builds(metas: dict[Path, dict], parts: dict[Path, list[tuple[Path, dict]]]) -> dict[Path, list[str]]:
+    """Raise :class:`MergeRefused` unless every run is one experiment on its own and the runs
+    differ only in their SFT config, each its own build (module doc); returns each run's
+    ``sft.*`` assignments."""
+    sft: dict[Path, list[str]] = {}
+    other_ref: tuple[Path, list[str]] | None = None
+    keys: dict[tuple[str, str], Path] = {}
+    first = next(iter(parts.values()))[0]
+    for run, arms in parts.items():
+        check_parts({run: arms})
+        for k in ("preset", "code"):
+            mine, ref = arms[0][1]["provenance"].get(k), first[1]["provenance"].get(k)
+            if mine != ref:
+                raise MergeRefused(f"{run}: its {EXPERIMENT_PROVENANCE[k]} ({mine}) differs from {first[0]}'s "
+                                   f"({ref}): not one experiment")
+        sft[run], other = _sft_overrides(run, metas[run], arms)
+        if other_ref is None:
+            other_ref = (run, other)
+        elif sorted(other) != sorted(other_ref[1]):
+            raise MergeRefused(f"{run}: its non-SFT overrides ({other or 'none'}) differ from {other_ref[0]}'s "
+                               f"({other_ref[1] or 'none'}): the builds must differ only in sft.*")
+        for _, a in arms:
+            slot = (a["warm_start"], a["provenance"].get("warm_start_key"))
+            if keys.setdefault(slot, run) != run:
+                raise MergeRefused(f"{run} and {keys[slot]} share the {slot[0]} warm start's SFT build ({slot[1]}): "
+                                   "parts of one build merge without --builds")
+    return sft
+
+
+def merged_meta(out: Path, metas: dict[Path, dict], parts: dict[Path, list[tuple[Path, dict]]],
+                builds: dict[Path, str] | None = None) -> dict:
     """The report header of the merge: the parts' common fields, the union of their arms,
-    and one entry per part (its seeds, time from scratch, machine, warm-start weights)."""
+    and one entry per part (its seeds, time from scratch, machine, warm-start weights; with
+    ``builds`` (run -> build label) also its build)."""
     first = next(iter(metas.values()))
     arms = [a for arms in parts.values() for _, a in arms]
 
@@ -112,12 +173,13 @@ def merged_meta(out: Path, metas: dict[Path, dict], parts: dict[Path, list[tuple
             **{k: rt[k] for k in ("start_evals_s", "arms_s", "builds") if k in rt},
             "machine": m.get("machine"),
             "warm_start_sha256": {a["warm_start"]: a["provenance"].get("warm_start_sha256") for _, a in part_arms},
+            **({"build": builds[run]} if builds else {}),
         })
     notes = list(dict.fromkeys(n for m in metas.values() for n in m.get("notes", [])))
-    for ws in ordered("warm_starts", "warm_start"):
-        builds = {e["warm_start_sha256"].get(ws) for e in entries if ws in e["warm_start_sha256"]}
-        if len(builds) > 1:
-            notes.append(f"the {ws} warm start was built once per part ({len(builds)} builds: same SFT config and "
+    for ws in ordered("warm_starts", "warm_start") if not builds else ():
+        shas = {e["warm_start_sha256"].get(ws) for e in entries if ws in e["warm_start_sha256"]}
+        if len(shas) > 1:
+            notes.append(f"the {ws} warm start was built once per part ({len(shas)} builds: same SFT config and "
                          "code, weights that differ bit-for-bit, e.g. rounded by another CPU); each seed's "
                          "comparisons are paired within its one build, and the builds' difference is part of the "
                          "spread between seeds")
@@ -130,10 +192,11 @@ def merged_meta(out: Path, metas: dict[Path, dict], parts: dict[Path, list[tuple
     }
 
 
-def merge_runs(out: str | Path, runs: list[str | Path]) -> dict:
-    """Copy the arms of ``runs`` into ``out/arms`` after :func:`check_parts`, write
-    ``out/merge.json`` and the report; returns the report dict. ``out`` may not be one of
-    the runs (the caller checks it is new, empty or an earlier merge)."""
+def merge_runs(out: str | Path, runs: list[str | Path], builds: bool = False) -> dict:
+    """Copy the arms of ``runs`` into ``out/arms`` after :func:`check_parts` (``builds``:
+    :func:`check_builds`, each run one SFT build, module doc), write ``out/merge.json`` and
+    the report; returns the report dict. ``out`` may not be one of the runs (the caller
+    checks it is new, empty or an earlier merge)."""
     out = Path(out)
     runs = [Path(r) for r in runs]
     if not runs:
@@ -145,18 +208,30 @@ def merge_runs(out: str | Path, runs: list[str | Path]) -> dict:
     metas, parts = {}, {}
     for r in runs:
         metas[r], parts[r] = _read_part(r)
-    check_parts(parts)
-    meta = merged_meta(out, metas, parts)
+    labels = None
+    if builds:
+        sft = check_builds(metas, parts)
+        labels = {r: f"b{i}" for i, r in enumerate(runs)}
+    else:
+        check_parts(parts)
+    meta = merged_meta(out, metas, parts, labels)
+    if labels:
+        meta["builds"] = [{"build": labels[r], "run": str(r), "sft_overrides": sft[r],
+                           "warm_start_key": {a["warm_start"]: a["provenance"].get("warm_start_key") for _, a in parts[r]}}
+                          for r in runs]
     out.mkdir(parents=True, exist_ok=True)
     for name in ("report.json", "report.md"):  # no stale report if the copy below fails
         (out / name).unlink(missing_ok=True)
     with atomic_dir(out / "arms") as tmp:
         for run, arms in parts.items():
             for d, a in arms:
-                dst = tmp / a["arm_id"]
+                arm_id = f"{labels[run]}-{a['arm_id']}" if labels else a["arm_id"]
+                dst = tmp / arm_id
                 dst.mkdir()
                 for name in ARM_FILES:
                     if (d / name).is_file():
                         shutil.copyfile(d / name, dst / name)
-    atomic_write_json(out / MARKER, {"parts": meta["parts"]})
+                if labels:  # the copy names its build; the run's own arm.json is not touched
+                    atomic_write_json(dst / "arm.json", {**a, "arm_id": arm_id, "build": labels[run]})
+    atomic_write_json(out / MARKER, {"parts": meta["parts"], **({"builds": meta["builds"]} if labels else {})})
     return write_report(out, meta=meta)

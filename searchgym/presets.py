@@ -9,6 +9,7 @@ experiment fills them with the stage folders of the run.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, replace
 
 from searchgym.metrics.diversity import MiniLMEmbedder
@@ -227,6 +228,22 @@ def with_arms(preset: Preset, objectives=None, warm_starts=None, seeds=None, wor
 
 
 _OVERRIDABLE = ("world", "index", "demos", "model", "sft", "rl", "eval")
+
+#: How a run records its ``--set`` assignments among its report's notes (``meta.notes``).
+OVERRIDES_NOTE = "preset overrides: "
+
+
+def overrides_note(assignments) -> str:
+    """The report note recording ``--set`` assignments (read back by :func:`overrides_from_notes`)."""
+    return OVERRIDES_NOTE + ", ".join(f"`{a}`" for a in assignments)
+
+
+def overrides_from_notes(notes) -> list[str]:
+    """The ``--set`` assignments a run's report notes record ([] when none)."""
+    for note in notes or ():
+        if isinstance(note, str) and note.startswith(OVERRIDES_NOTE):
+            return re.findall(r"`([^`]*)`", note[len(OVERRIDES_NOTE):])
+    return []
 
 
 def with_overrides(preset: Preset, assignments: list[str] | tuple[str, ...] = ()) -> Preset:

@@ -127,3 +127,95 @@ def test_cli_refusals_are_one_line_and_touch_nothing(tmp_path, capsys):
         assert message in err and len(err.splitlines()) == 1, err
     assert (foreign / "mine.txt").read_text() == "keep" and sorted(p.name for p in foreign.iterdir()) == ["mine.txt"]
     assert not (tmp_path / "m").exists()
+
+
+def _build(root: Path, name: str, sft_seed: int | None, seeds=(0, 1), others=(), config: str | None = None,
+           sft_key: str | None = None) -> Path:
+    """A run of the real smoke preset with ``--set sft.seed=K`` (none: the preset's SFT), its
+    config hash the one `searchgym run` records for those overrides."""
+    from searchgym.experiment import experiment_config_key
+    from searchgym.presets import get_preset, overrides_note, with_overrides
+
+    overrides = [*others, *([f"sft.seed={sft_seed}"] if sft_seed is not None else [])]
+    key = config or experiment_config_key(with_overrides(get_preset("smoke"), overrides))
+    run = _part(root, name, seeds, preset="smoke", config=key, warm_start_key=sft_key or f"sft-{sft_seed}")
+    rep = json.loads((run / "report.json").read_text())
+    rep["meta"]["preset"] = "smoke"
+    if overrides:
+        rep["meta"]["notes"] = [overrides_note(overrides)]
+    (run / "report.json").write_text(json.dumps(rep))
+    return run
+
+
+def test_builds_pool_with_builds_resampled_above_seeds(tmp_path):
+    runs = [_build(tmp_path, f"sft{k}", k if k else None) for k in range(3)]
+    # the builds differ: build k's final token entropy is shifted by k (its questions alike)
+    for k, run in enumerate(runs):
+        for path in (run / "arms").glob("*/eval_questions.jsonl"):
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            for r in rows:
+                if r["step"] == 20:
+                    r["eval/entropy"] = r.get("eval/entropy", r.get("entropy")) + 1.0 * k
+                    r.pop("entropy", None)
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = {p: _snapshot(p) for p in runs}
+    pooled = merge_runs(tmp_path / "pooled", runs, builds=True)
+    assert {p: _snapshot(p) for p in runs} == before  # the runs are untouched
+    assert sorted({a["build"] for a in pooled["arms"]}) == ["b0", "b1", "b2"]
+    assert all(a["arm_id"].startswith(a["build"] + "-") for a in pooled["arms"])
+    claim = next(c for c in pooled["claims"] if c["scope"] == "grpo / diverse" and c["metric"] == "entropy")
+    assert claim["effect"]["n_builds"] == 3 and claim["effect"]["method"] == "builds>seeds>questions"
+    # the same arms pooled as if the six (build, seed) replicates were independent seeds
+    flat = tmp_path / "flat"
+    for a in (tmp_path / "pooled" / "arms").iterdir():
+        dst = flat / "arms" / a.name
+        dst.mkdir(parents=True)
+        for f in a.iterdir():
+            dst.joinpath(f.name).write_bytes(f.read_bytes())
+        meta = json.loads((dst / "arm.json").read_text())
+        meta["seed"] = 10 * int(meta.pop("build")[1:]) + meta["seed"]
+        (dst / "arm.json").write_text(json.dumps(meta))
+    flat_claim = next(c for c in report.write_report(flat, meta={})["claims"]
+                      if c["scope"] == "grpo / diverse" and c["metric"] == "entropy")
+    assert flat_claim["effect"]["estimate"] == pytest.approx(claim["effect"]["estimate"])
+    # resampling 3 builds instead of 6 independent units: wider when builds differ (sqrt(1.6)
+    # = 1.26x for build-dominated spread, 3 x 2; 1.5x on these data)
+    width = claim["effect"]["ci_high"] - claim["effect"]["ci_low"]
+    assert width > 1.25 * (flat_claim["effect"]["ci_high"] - flat_claim["effect"]["ci_low"])
+    md = (tmp_path / "pooled" / "report.md").read_text()
+    assert "| builds |" in md and "SFT builds pooled" in md and "`sft.seed=2`" in md and "none (the preset)" in md
+    assert "THIS REPORT POOLS 3 SFT BUILDS" in md and "build b1 = " in md
+    # `searchgym report` re-analyses the pooled folder to the same numbers
+    assert main(["report", str(tmp_path / "pooled")]) == 0
+    again = json.loads((tmp_path / "pooled" / "report.json").read_text())
+    assert again["claims"] == json.loads(json.dumps(pooled["claims"]))
+
+
+def test_builds_that_are_not_one_experiment_apart_from_sft_are_refused(tmp_path):
+    b0, b1 = _build(tmp_path, "b0", None), _build(tmp_path, "b1", 1)
+    cases = [
+        ([b0, _build(tmp_path, "lr", 2, others=["rl.optim.lr=0.001"])], "differ only in sft"),
+        ([b0, _build(tmp_path, "liar", 2, config="0123456789abcdef")], "cannot verify"),
+        ([b0, _build(tmp_path, "twin", 3, sft_key="sft-None")], "share the diverse warm start's SFT build"),
+    ]
+    for runs, message in cases:
+        with pytest.raises(MergeRefused, match=message):
+            merge_runs(tmp_path / "pooled", runs, builds=True)
+    assert not (tmp_path / "pooled").exists()
+    # without --builds the config difference is refused, with the way to pool them named
+    with pytest.raises(MergeRefused, match="pool with --builds"):
+        merge_runs(tmp_path / "plain", [b0, b1])
+
+
+def test_pooled_report_shows_each_build_alone(tmp_path):
+    runs = [_build(tmp_path, f"sft{k}", k if k else None, seeds=(0,)) for k in range(2)]
+    pooled = merge_runs(tmp_path / "pooled", runs, builds=True)
+    alone = report.write_report(runs[1], meta={})  # build b1's run reported on its own
+    b1 = {(c["claim"], c["scope"], c["measurement"]): c for c in pooled["claims_by_build"]["b1"]}
+    for c in alone["claims"]:
+        mine = b1[(c["claim"], c["scope"], c["measurement"])]
+        assert mine["verdict"] == c["verdict"]
+        assert mine["effect"]["estimate"] == pytest.approx(c["effect"]["estimate"])
+        assert mine["effect"]["ci_low"] == pytest.approx(c["effect"]["ci_low"])
+    md = (tmp_path / "pooled" / "report.md").read_text()
+    assert "## The claims in each SFT build alone, and pooled" in md and "| build b0 alone | build b1 alone |" in md

@@ -372,3 +372,54 @@ def test_mean_ci_is_deprecated_but_still_works():
     with pytest.deprecated_call():
         m, lo, hi = mean_ci([1.0, 2.0, 3.0])
     assert m == 2.0 and lo < 2.0 < hi
+
+
+# ----------------------------------------------------------------------------- builds above seeds
+
+
+def _built(offsets, seeds_per_build, rng, q=64, seed_sd=0.05):
+    vals, builds = {}, {}
+    for b, off in enumerate(offsets):
+        for s in range(seeds_per_build[b] if isinstance(seeds_per_build, (list, tuple)) else seeds_per_build):
+            k = f"b{b}/s{s}"
+            vals[k] = rng.normal(off + rng.normal(0, seed_sd), 1.0, q)
+            builds[k] = f"b{b}"
+    return vals, builds
+
+
+def test_one_build_is_the_two_level_bootstrap_draw_for_draw():
+    vals, _ = _built([0.0], 3, np.random.default_rng(0))
+    flat = hierarchical_bootstrap(vals, seed=3)
+    one = hierarchical_bootstrap(vals, seed=3, builds={k: "only" for k in vals})
+    assert one.method == flat.method == "seeds>questions"
+    assert (one.estimate, one.ci_low, one.ci_high) == (flat.estimate, flat.ci_low, flat.ci_high)
+    assert np.array_equal(one.boot, flat.boot)
+
+
+def test_builds_weigh_equally_and_every_seed_needs_its_build():
+    vals, builds = _built([0.0, 1.0], [1, 3], np.random.default_rng(1))
+    r = hierarchical_bootstrap(vals, builds=builds)
+    by_build = [np.mean([vals[k].mean() for k in vals if builds[k] == b]) for b in ("b0", "b1")]
+    assert r.method == "builds>seeds>questions" and r.estimate == pytest.approx(np.mean(by_build))
+    assert "2 builds" in r.reason and r.n_seeds == 4
+    with pytest.raises(ValueError, match="no build given for seed 'b1/s2'"):
+        hierarchical_bootstrap(vals, builds={k: b for k, b in builds.items() if k != "b1/s2"})
+    with pytest.raises(ValueError, match="builds must be a mapping"):
+        paired_difference(vals, vals, builds=["b0"])
+
+
+def test_builds_level_covers_build_to_build_variation_the_flat_bootstrap_misses():
+    # 3 builds x 3 seeds x 64 questions, build sd twice the question-level standard error:
+    # resampling seeds as if independent under-covers badly; builds above seeds much less
+    rng = np.random.default_rng(7)
+    q_se = 1 / 8
+    hits_nested = hits_flat = 0
+    reps = 120
+    for i in range(reps):
+        vals, builds = _built(rng.normal(0, 2 * q_se, 3), 3, rng, seed_sd=0.5 * q_se)
+        n = hierarchical_bootstrap(vals, builds=builds, n_boot=600, seed=i)
+        f = hierarchical_bootstrap(vals, n_boot=600, seed=i)
+        hits_nested += n.ci_low <= 0 <= n.ci_high
+        hits_flat += f.ci_low <= 0 <= f.ci_high
+    assert hits_nested / reps > hits_flat / reps + 0.08
+    assert hits_nested / reps > 0.75
