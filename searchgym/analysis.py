@@ -227,6 +227,25 @@ def read_arm_json(path: Path) -> dict:
     return meta
 
 
+def read_provenanced_arms(run: str | Path, refused: type[ValueError] = ValueError) -> list[tuple[Path, dict]]:
+    """A run's (arm folder, ``arm.json``) pairs, each checked to record its provenance (what
+    ``searchgym merge`` and ``compare`` need to tell which experiment an arm belongs to);
+    ``refused`` (one line) for a run without arms or an arm without provenance."""
+    run = Path(run)
+    try:
+        arms = [(d, read_arm_json(d / "arm.json")) for d in arm_dirs(run)]
+    except (OSError, ValueError) as exc:
+        raise refused(str(exc)) from None
+    why = "so which experiment it is (provenance.code and the rest) cannot be checked"
+    if not arms:
+        raise refused(f"{run}: no arms/*/arm.json (not a `searchgym run` folder?), {why}")
+    for d, a in arms:
+        if not isinstance(a.get("provenance"), dict):
+            raise refused(f"{d / 'arm.json'}: no provenance (written before runs recorded it), {why}; "
+                          "report that run on its own with `searchgym report`")
+    return arms
+
+
 def load_arms(run_dir: str | Path) -> list[ArmData]:
     """Read every ``arms/*/arm.json`` (+ jsonl records) under ``run_dir``."""
     arms_dir = Path(run_dir) / "arms"

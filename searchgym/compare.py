@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from searchgym.analysis import EXPERIMENT_PROVENANCE, arm_dirs, finite, read_arm_json
+from searchgym.analysis import EXPERIMENT_PROVENANCE, finite, read_provenanced_arms
 from searchgym.markdown import _fmt_effect, _machine, replace_readme_block, table
 
 FORMAT = "searchgym-compare"
@@ -103,14 +103,7 @@ def experiment_identity(run: str | Path, meta: dict) -> dict:
     per warm start), keyed by the fields of :data:`_IDENTITY`. Refuses a run whose arms do not
     record their provenance or record more than one."""
     run = Path(run)
-    arms = [(d, read_arm_json(d / "arm.json")) for d in arm_dirs(run)]
-    if not arms:
-        raise CompareRefused(f"{run}: no arms/*/arm.json, so its arm code fingerprint (provenance.code) "
-                             "cannot be checked")
-    for d, a in arms:
-        if not isinstance(a.get("provenance"), dict):
-            raise CompareRefused(f"{d / 'arm.json'}: no provenance, so its arm code fingerprint (provenance.code) "
-                                 "cannot be checked")
+    arms = read_provenanced_arms(run, CompareRefused)
     ident = {"meta.preset": meta.get("preset")}
     for k in EXPERIMENT_PROVENANCE:
         ident[f"provenance.{k}"] = _one(run, f"provenance.{k}", {a["provenance"].get(k) for _, a in arms})

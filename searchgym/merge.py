@@ -31,7 +31,7 @@ import json
 import shutil
 from pathlib import Path
 
-from searchgym.analysis import ARM_RECORD_FILES, EXPERIMENT_PROVENANCE, arm_dirs, read_arm_json, run_time
+from searchgym.analysis import ARM_RECORD_FILES, EXPERIMENT_PROVENANCE, read_provenanced_arms, run_time
 from searchgym.presets import get_preset, overrides_from_notes, with_overrides
 from searchgym.report import write_report
 from searchgym.retrieval.fileio import atomic_dir, atomic_write_json
@@ -53,16 +53,7 @@ def _read_json(path: Path) -> dict:
 
 def _read_part(run: Path) -> tuple[dict, list[tuple[Path, dict]]]:
     """A part's report meta and its (arm folder, arm.json) pairs."""
-    try:
-        arms = [(d, read_arm_json(d / "arm.json")) for d in arm_dirs(run)]
-    except (OSError, ValueError) as exc:
-        raise MergeRefused(str(exc)) from None
-    if not arms:
-        raise MergeRefused(f"{run}: no arms/*/arm.json (not a `searchgym run` folder?)")
-    for d, a in arms:
-        if not isinstance(a.get("provenance"), dict):
-            raise MergeRefused(f"{d / 'arm.json'}: no provenance (written before runs recorded it); "
-                               "report that run on its own with `searchgym report`")
+    arms = read_provenanced_arms(run, MergeRefused)
     rep = run / "report.json"
     meta = (_read_json(rep).get("meta") or {}) if rep.is_file() else {}
     return meta, arms
