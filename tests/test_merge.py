@@ -121,6 +121,7 @@ def test_cli_refusals_are_one_line_and_touch_nothing(tmp_path, capsys):
         (["merge", str(a), str(torn), "--out", str(tmp_path / "m")], "missing keys ['seed']"),
         (["merge", str(a), "--out", str(a), "--force"], "one of the runs"),  # even when forced
         (["merge", str(tmp_path / "missing"), "--out", str(tmp_path / "m")], "no arms"),
+        (["merge", "--builds", str(a), "--out", str(tmp_path / "m")], "cannot be rebuilt (unknown preset 'test'"),
     ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
