@@ -139,6 +139,11 @@ def get_preset(name: str) -> Preset:
     #   questions; docs/results/probes/narrow-grpo-warmup5) all 3 seeds fell, 0.36 -> 0.28-0.30
     #   (-0.072 [-0.087, -0.057] nats), accuracy +0.008 [-0.044, +0.067], but only to 0.79-0.83 of
     #   the start. Not adopted (it changes every arm); the pilot probed only the diverse warm start.
+    # - over 3 SFT builds (2026-12-07, docs/results/small-builds: small's GRPO arms re-run with
+    #   sft.seed=1 and 2): 3 of 18 GRPO arms ended with more training-rollout entropy than they
+    #   started with (b0 narrow s1 0.96x / s2 1.12x, b1 DIVERSE s0 1.46x: a spike 0.41 -> 0.63 by
+    #   step 4), so the instability is this regime's, not the narrow build's; the <= 0.5 criterion
+    #   was met in 1 of 18 (b1 diverse s2, 0.48x); the others ended at 0.53-0.85x.
     regime = dict(batch_questions=16, n_samples=8, ppo_epochs=1, num_minibatches=2, temperature=1.3,
                   train_family="multi_hop", hidden_states=True, eval_every=0, tensorboard=False,
                   optim={"lr": 2e-3, "warmup_steps": 0, "min_lr_ratio": 0.1})

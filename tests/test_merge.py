@@ -220,3 +220,26 @@ def test_pooled_report_shows_each_build_alone(tmp_path):
         assert mine["effect"]["ci_low"] == pytest.approx(c["effect"]["ci_low"])
     md = (tmp_path / "pooled" / "report.md").read_text()
     assert "## The claims in each SFT build alone, and pooled" in md and "| build b0 alone | build b1 alone |" in md
+
+
+def test_committed_builds_report_is_its_parts_arms():
+    """docs/results/small-builds pools committed runs: each of its arms is a part's arm, byte
+    for byte, under its build label (nothing analysed here: the merge tests above cover that)."""
+    root = Path(__file__).resolve().parents[1]
+    pooled = root / "docs/results/small-builds"
+    if not (pooled / "merge.json").is_file():
+        pytest.skip("no committed builds report")
+    builds = json.loads((pooled / "merge.json").read_text())["builds"]
+    assert [b["build"] for b in builds] == ["b0", "b1", "b2"]
+    seen = 0
+    for b in builds:
+        for arm in (root / b["run"] / "arms").iterdir():
+            copy = pooled / "arms" / f"{b['build']}-{arm.name}"
+            for name in ("metrics.jsonl", "eval.jsonl", "eval_questions.jsonl"):
+                assert (copy / name).read_bytes() == (arm / name).read_bytes(), copy / name
+            meta = json.loads((copy / "arm.json").read_text())
+            assert meta["build"] == b["build"] and meta["provenance"] == json.loads((arm / "arm.json").read_text())["provenance"]
+            seen += 1
+    assert seen == len(list((pooled / "arms").iterdir())) == 30
+    rep = json.loads((pooled / "report.json").read_text())
+    assert sorted(rep["claims_by_build"]) == ["b0", "b1", "b2"]
