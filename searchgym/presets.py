@@ -144,6 +144,12 @@ def get_preset(name: str) -> Preset:
     #   started with (b0 narrow s1 0.96x / s2 1.12x, b1 DIVERSE s0 1.46x: a spike 0.41 -> 0.63 by
     #   step 4), so the instability is this regime's, not the narrow build's; the <= 0.5 criterion
     #   was met in 1 of 18 (b1 diverse s2, 0.48x); the others ended at 0.53-0.85x.
+    # - 5 warmup steps on builds b0 and b1, both warm starts (docs/results/probes/grpo-warmup5, pooled
+    #   by merge --builds): 0 of 12 GRPO arms rose (the same builds without warmup: 3 of 12);
+    #   training entropy diverse 0.51-0.84x, narrow 0.56-0.87x of the start (criterion met in none);
+    #   token entropy -0.164 [-0.189, -0.138] (diverse) / -0.106 [-0.149, -0.065] (narrow) nats,
+    #   diverse accuracy +0.164 [+0.138, +0.192] (no warmup, 3 builds: +0.108). The candidate regime
+    #   for the next re-run of pilot, small and full, once steps or lr bring it to the criterion.
     regime = dict(batch_questions=16, n_samples=8, ppo_epochs=1, num_minibatches=2, temperature=1.3,
                   train_family="multi_hop", hidden_states=True, eval_every=0, tensorboard=False,
                   optim={"lr": 2e-3, "warmup_steps": 0, "min_lr_ratio": 0.1})
