@@ -533,7 +533,7 @@ def analyse(arms: list[ArmData], meta: dict | None = None) -> dict:
     return _clean({
         "meta": meta,
         "run_time": parts_run_time(meta["parts"]) if meta.get("parts") else run_time(meta.get("stage_times") or {}),
-        "rules": _rules(len({a.build for a in ok if a.build})),
+        "rules": _rules(len(builds)),
         "arms": [{"arm_id": a.arm_id, "warm_start": a.warm_start, "objective": a.objective, "seed": a.seed,
                   **({"build": a.build} if a.build else {}),
                   "status": a.status if a in ok else ("failed" if a.status == "failed" else "no_eval"),
@@ -795,6 +795,11 @@ def _rules(builds: int = 0) -> dict:
         "margins": f"'does not change' margins: {RELATIVE_MARGIN:.0%} of the metric's RL-start value "
                    f"(hidden-state and graph metrics); accuracy: +-{ACCURACY_MARGIN} absolute",
     }
+
+
+def claim_key(c: dict) -> tuple[str, str, str]:
+    """What identifies a claim row across reports (runs, builds): (claim, scope, measurement)."""
+    return c["claim"], c["scope"], c["measurement"]
 
 
 def _claim_row(claim: str, measurement: str, name: str, effect: dict, direction: str, controls: dict,

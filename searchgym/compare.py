@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from searchgym.analysis import EXPERIMENT_PROVENANCE, finite, read_provenanced_arms
+from searchgym.analysis import EXPERIMENT_PROVENANCE, claim_key, finite, read_provenanced_arms
 from searchgym.markdown import _fmt_effect, _machine, replace_readme_block, table
 
 FORMAT = "searchgym-compare"
@@ -136,16 +136,12 @@ def verdict_kind(verdict: str) -> str:
     return next((k for k in VERDICT_KINDS if verdict.startswith(k)), verdict)
 
 
-def _claim_key(c: dict) -> tuple[str, str, str]:
-    return c["claim"], c["scope"], c["measurement"]
-
-
 def _by_key(claims: list[dict], run: str) -> dict[tuple[str, str, str], dict]:
     out: dict[tuple[str, str, str], dict] = {}
     for c in claims:
-        if _claim_key(c) in out:
-            raise ValueError(f"{run}/report.json: the claim {' / '.join(_claim_key(c))!r} is there twice")
-        out[_claim_key(c)] = c
+        if claim_key(c) in out:
+            raise ValueError(f"{run}/report.json: the claim {' / '.join(claim_key(c))!r} is there twice")
+        out[claim_key(c)] = c
     return out
 
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from searchgym.analysis import ACCURACY_MARGIN, COLLAPSE_CRITERION, NULL_CONFIDENCE, finite, mech_text, metric
+from searchgym.analysis import ACCURACY_MARGIN, COLLAPSE_CRITERION, NULL_CONFIDENCE, claim_key, finite, mech_text, metric
 from searchgym.retrieval.fileio import atomic_write_text
 
 
@@ -64,14 +64,14 @@ def builds_table(analysis: dict) -> list[str]:
     by_build = analysis.get("claims_by_build") or {}
     if not by_build:
         return []
-    cells = {b: {(c["claim"], c["scope"], c["measurement"]): c for c in rows} for b, rows in by_build.items()}
+    cells = {b: {claim_key(c): c for c in rows} for b, rows in by_build.items()}
 
     def cell(c: dict | None) -> str:
         return "-" if c is None else f"{_fmt_effect(c['effect'])} {c['verdict']}"
 
     rows, every, same, decisive = [], 0, 0, 0
     for c in analysis["claims"]:
-        key = (c["claim"], c["scope"], c["measurement"])
+        key = claim_key(c)
         alone = [cells[b].get(key) for b in by_build]
         rows.append([*key, *(cell(x) for x in alone), f"{_fmt_effect(c['effect'])} **{c['verdict']}**"])
         if all(x is not None for x in alone):
