@@ -150,6 +150,14 @@ def get_preset(name: str) -> Preset:
     #   token entropy -0.164 [-0.189, -0.138] (diverse) / -0.106 [-0.149, -0.065] (narrow) nats,
     #   diverse accuracy +0.164 [+0.138, +0.192] (no warmup, 3 builds: +0.108). The candidate regime
     #   for the next re-run of pilot, small and full, once steps or lr bring it to the criterion.
+    # - 5 warmup steps and NO decay (min_lr_ratio 1.0: 2e-3 held for steps 5-32, 1.7x the summed lr
+    #   of the cosine), build b0, both warm starts (2026-12-07, docs/results/probes/
+    #   grpo-warmup5-constant-lr): deeper collapse did not follow; training entropy 0.55-0.89x
+    #   (diverse) / 0.72-0.83x (narrow), the evaluation's diverse s2 ended at 1.68x its start and
+    #   diverse s0 blew up at steps 14-15 (0.36 -> 2.2 nats, the top-20 % tokens at 7.9 nats of
+    #   ln |V| = 8.4, recovering by step 16); diverse token entropy -0.042 [-0.189, +0.178]
+    #   (inconclusive), narrow accuracy -0.045 [-0.083, -0.006]. Rejected: lr held at 2e-3 is
+    #   where this model blows up; the collapse needs more steps, not more lr.
     regime = dict(batch_questions=16, n_samples=8, ppo_epochs=1, num_minibatches=2, temperature=1.3,
                   train_family="multi_hop", hidden_states=True, eval_every=0, tensorboard=False,
                   optim={"lr": 2e-3, "warmup_steps": 0, "min_lr_ratio": 0.1})
