@@ -323,7 +323,13 @@ def _result_dict(r: "st.BootstrapResult") -> dict:
 def _level(arms: list[ArmData], step_of, m: Metric, replica: str = "A") -> dict:
     """Mean of metric ``m`` over seeds then questions at each arm's ``step_of(arm)``, with its
     hierarchical-bootstrap interval."""
-    vals = {a.unit: a.per_question(step_of(a), m.name, replica) for a in arms}
+    return level({a.unit: a.per_question(step_of(a), m.name, replica) for a in arms}, m)
+
+
+def level(vals: Mapping, m: Metric) -> dict:
+    """Mean of metric ``m``'s per-question values ({unit: {question: value}}) over units then
+    questions, with its hierarchical-bootstrap interval (builds resampled when units are
+    :class:`Unit`)."""
     vals = {s: v for s, v in vals.items() if v}
     if not vals:
         return {"estimate": None, "ci_low": None, "ci_high": None}

@@ -69,6 +69,12 @@ def _is_replication_file(p: Path) -> bool:
     return is_replication_file(p)
 
 
+def _is_contrast_file(p: Path) -> bool:
+    from searchgym.contrast import is_contrast_file
+
+    return is_contrast_file(p)
+
+
 def _is_demos_file(p: Path) -> bool:
     from searchgym.retrieval.fileio import first_jsonl_record
 
@@ -125,6 +131,8 @@ OUTPUTS: dict[tuple[str, ...], OutputRule] = {
     ("merge",): OutputRule("dir", _is_merge, "a `searchgym merge` folder (merge.json)"),
     ("compare",): OutputRule("file", _is_replication_file,
                              "a `searchgym compare` markdown file (its first line is the generated marker)"),
+    ("contrast",): OutputRule("file", _is_contrast_file,
+                              "a `searchgym contrast` markdown file (its first line is the generated marker)"),
 }
 
 _SUBCOMMAND_DESTS = ("index_command", "world_command", "model_command", "train_command", "export_format",

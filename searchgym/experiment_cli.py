@@ -1,7 +1,8 @@
 """``searchgym run``: the main job (world -> index -> demos -> model -> SFT warm starts ->
 RL arms -> evaluation -> report), cached by content so a rerun resumes; ``searchgym report``:
 re-analyse a run folder; ``searchgym merge``: one report over several runs' arms;
-``searchgym compare``: verdict stability between two runs of one experiment.
+``searchgym compare``: verdict stability between two runs of one experiment;
+``searchgym contrast``: what a change of setting does, paired arm by arm.
 
 The handlers import the pipeline and the report (scipy, matplotlib, torch: ~0.6 s and
 more) inside them, so ``searchgym --help`` does not pay for them."""
@@ -96,6 +97,21 @@ def add_commands(subparsers) -> None:
                    help="README to update (its generated replication block for RUN_A vs RUN_B)")
     c.set_defaults(func=_compare)
 
+    k = subparsers.add_parser(
+        "contrast",
+        help="what a change of setting does: RUN_B - RUN_A at the end of RL, paired arm by arm",
+        description="Pair the arms of RUN_A and RUN_B (runs or pooled reports of one preset and arm code that "
+        "differ in a --set setting) by warm start, objective, seed and warm-start weights, check that each pair's "
+        "RL-start evaluation is the same, and print B - A at the end of RL per warm start, objective and metric "
+        "with 95% intervals (builds, then seeds, then questions), the smallest detectable difference, a reading "
+        "by a stated rule, and each arm's training-entropy ratio (searchgym.contrast). Nothing is trained.",
+    )
+    k.add_argument("run_a", metavar="RUN_A", help="the reference run folder (report.json and arms/)")
+    k.add_argument("run_b", metavar="RUN_B", help="the run with the changed setting")
+    k.add_argument("--out", default=None, metavar="FILE", help="also write the contrast as markdown")
+    k.add_argument("--json", default=None, metavar="FILE", help="also write the contrast as JSON")
+    k.set_defaults(func=_contrast)
+
 
 def _merge(args) -> int:
     from searchgym.merge import merge_runs
@@ -147,6 +163,25 @@ def _compare(args) -> int:
     return _readme_done(args.readme, compare.update_readme_block(args.readme, cmp), "replication",
                         f"for {compare.readme_source(cmp)}: put the lines {begin} and {compare.README_END} "
                         "where it should go")
+
+
+def _contrast(args) -> int:
+    from searchgym import contrast
+    from searchgym.retrieval.fileio import atomic_write_json, atomic_write_text, check_output, json_marker
+
+    result = contrast.contrast_runs(args.run_a, args.run_b)
+    if args.json:  # --out is checked before the handler runs (searchgym.cli.OUTPUTS)
+        check_output(args.json, lambda p: json_marker(p, format=contrast.FORMAT),
+                     f"a `searchgym contrast` JSON (format {contrast.FORMAT!r})", kind="file", force=args.force)
+    text = contrast.render(result)
+    print(text.split("\n", 1)[1], end="")  # without the marker line
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    if args.json:
+        atomic_write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
 
 
 def _report(args) -> int:

@@ -65,6 +65,7 @@ def _commands(proj: Path, tmp: Path) -> dict[tuple[str, ...], list[str]]:
         ("run",): ["run", "--preset", "smoke", "--out", str(proj)],
         ("merge",): ["merge", str(tmp), "--out", str(proj)],
         ("compare",): ["compare", str(tmp), str(tmp), "--out", str(proj / "notes" / "todo.txt")],
+        ("contrast",): ["contrast", str(tmp), str(tmp), "--out", str(proj / "notes" / "todo.txt")],
     }
 
 
@@ -97,7 +98,7 @@ def _required_stub(words):
         ("demos",): ["--world", "w", "--kind", "narrow", "--out", "o"], ("eval",): ["--policy", "random", "--env", "e"],
         ("train", "sft"): ["--model", "m", "--demos", "d", "--out", "o"], ("train", "rl"): [],
         ("export", "verl"): ["--out", "o.parquet"], ("run",): [], ("merge",): ["r", "--out", "o"],
-        ("compare",): ["a", "b", "--out", "o.md"],
+        ("compare",): ["a", "b", "--out", "o.md"], ("contrast",): ["a", "b", "--out", "o.md"],
     }[words]
 
 
