@@ -156,8 +156,10 @@ def get_preset(name: str) -> Preset:
     #   (diverse) / 0.72-0.83x (narrow), the evaluation's diverse s2 ended at 1.68x its start and
     #   diverse s0 blew up at steps 14-15 (0.36 -> 2.2 nats, the top-20 % tokens at 7.9 nats of
     #   ln |V| = 8.4, recovering by step 16); diverse token entropy -0.042 [-0.189, +0.178]
-    #   (inconclusive), narrow accuracy -0.045 [-0.083, -0.006]. Rejected: lr held at 2e-3 is
-    #   where this model blows up; the collapse needs more steps, not more lr.
+    #   (inconclusive). Paired against the decaying schedule (`searchgym contrast`, same weights,
+    #   seeds and questions; contrast-vs-warmup5.md there): accuracy -0.082 [-0.126, -0.039]
+    #   (diverse) / -0.053 [-0.092, -0.015] (narrow), cycle rate +0.067 [+0.031, +0.107] (diverse).
+    #   Rejected: lr held at 2e-3 is where this model blows up; more collapse needs more steps.
     regime = dict(batch_questions=16, n_samples=8, ppo_epochs=1, num_minibatches=2, temperature=1.3,
                   train_family="multi_hop", hidden_states=True, eval_every=0, tensorboard=False,
                   optim={"lr": 2e-3, "warmup_steps": 0, "min_lr_ratio": 0.1})
