@@ -110,6 +110,8 @@ def add_commands(subparsers) -> None:
     k.add_argument("run_b", metavar="RUN_B", help="the run with the changed setting")
     k.add_argument("--out", default=None, metavar="FILE", help="also write the contrast as markdown")
     k.add_argument("--json", default=None, metavar="FILE", help="also write the contrast as JSON")
+    k.add_argument("--readme", default=None,
+                   help="README to update (its generated contrast block for RUN_A vs RUN_B)")
     k.set_defaults(func=_contrast)
 
 
@@ -181,7 +183,12 @@ def _contrast(args) -> int:
     if args.json:
         atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
-    return 0
+    if not args.readme:
+        return 0
+    begin = contrast.README_BEGIN_FOR.format(source=contrast.readme_source(result))
+    return _readme_done(args.readme, contrast.update_readme_block(args.readme, result), "contrast",
+                        f"for {contrast.readme_source(result)}: put the lines {begin} and {contrast.README_END} "
+                        "where it should go")
 
 
 def _report(args) -> int:

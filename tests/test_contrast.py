@@ -145,3 +145,17 @@ def test_cli_prints_writes_its_own_files_and_refuses_in_one_line(tmp_path, capsy
     (b / "report.json").unlink()
     rc, _, err = _cli(capsys, a, b)
     assert rc == 2 and "no report.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_readme_block(tmp_path, capsys, runs):
+    a, b = runs
+    readme = tmp_path / "README.md"
+    readme.write_text("# r\n\nno block\n", encoding="utf-8")
+    rc, out, _ = _cli(capsys, a, b, "--readme", readme)
+    assert rc == 2 and "no generated contrast block" in out and readme.read_text() == "# r\n\nno block\n"
+    begin = contrast.README_BEGIN_FOR.format(source=f"{a} vs {b}")
+    readme.write_text(f"# r\n\n{begin}\nold\n{contrast.README_END}\ntail\n", encoding="utf-8")
+    assert _cli(capsys, a, b, "--readme", readme)[0] == 0
+    text = readme.read_text()
+    assert "old" not in text and text.endswith(f"{contrast.README_END}\ntail\n") and "#### B - A at the end of RL" in text
+    assert "| grpo | diverse | 3 (1) | token entropy (nats) |" in text
