@@ -160,6 +160,13 @@ def get_preset(name: str) -> Preset:
     #   seeds and questions; contrast-vs-warmup5.md there): accuracy -0.082 [-0.126, -0.039]
     #   (diverse) / -0.053 [-0.092, -0.015] (narrow), cycle rate +0.067 [+0.031, +0.107] (diverse).
     #   Rejected: lr held at 2e-3 is where this model blows up; more collapse needs more steps.
+    # - Adoption rule for the 5 warmup steps, stated before its data (2026-12-07): small's three
+    #   objectives re-run with warmup_steps=5 on the 3 builds of docs/results/small-builds, pooled by
+    #   merge --builds, then `searchgym contrast docs/results/small-builds <that pooled run>` (every
+    #   arm paired with its no-warmup twin). Adopt for pilot, small and full iff (1) no (warm start,
+    #   objective) reads 'B lower' in accuracy, (2) fewer of B's arms than A's end with training
+    #   entropy above its start, and (3) the pooled warmup report still supports GRPO's token-entropy
+    #   collapse from the diverse warm start. Adopting re-runs pilot, small and full (a new regime).
     regime = dict(batch_questions=16, n_samples=8, ppo_epochs=1, num_minibatches=2, temperature=1.3,
                   train_family="multi_hop", hidden_states=True, eval_every=0, tensorboard=False,
                   optim={"lr": 2e-3, "warmup_steps": 0, "min_lr_ratio": 0.1})
