@@ -42,6 +42,8 @@ RULES = {
     "reading": "'B higher' / 'B lower' when the 95 % interval excludes 0, otherwise 'no detectable difference'; "
                f"accuracy is also 'equal within +-{ACCURACY_MARGIN:g}' when the 90 % interval lies inside the "
                "margin (TOST, alpha 0.05)",
+    "summary": "over the (warm start, objective) groups: how many accuracy readings are 'B higher', 'B lower', "
+               "'no detectable difference' and TOST-equal; over the paired arms: how many rose and met, per run",
     "training_entropy": "per arm, training-rollout token entropy of the last 10 % of steps over the first 10 % "
                         f"(the reports' collapse criterion); 'rose' when above 1, 'met' when <= {COLLAPSE_CRITERION:g}",
 }
@@ -151,11 +153,23 @@ def contrast_runs(run_a: str | Path, run_b: str | Path) -> dict:
             row["metrics"][name] = {"a": level(va, m), "b": level(vb, m), "b_minus_a": e}
         row["training_entropy"] = {"a": _training(a, keys), "b": _training(b, keys)}
         rows.append(row)
-    return {"format": FORMAT, "run_a": str(run_a), "run_b": str(run_b),
+    return {"format": FORMAT, "run_a": str(run_a), "run_b": str(run_b), "summary": _summary(rows),
             "settings_a": settings(meta_a), "settings_b": settings(meta_b),
             "steps": {"a": meta_a.get("rl_steps"), "b": meta_b.get("rl_steps")},
             "pairs": len(pairs), "unpaired": {"a": len(arms_a) - len(pairs), "b": len(arms_b) - len(pairs)},
             "rows": rows, "rules": RULES}
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Counts over the (warm start, objective) groups and arms (rule: :data:`RULES` "summary")."""
+    readings = [r["metrics"]["accuracy"]["b_minus_a"]["reading"] for r in rows]
+    out: dict[str, Any] = {"groups": len(rows), "accuracy": {
+        k: sum(x.startswith(k) for x in readings) for k in ("B higher", "B lower", "no detectable difference")}}
+    out["accuracy"]["equal"] = sum("equal within" in x for x in readings)
+    for w in ("a", "b"):
+        t = [r["training_entropy"][w] for r in rows]
+        out[f"training_entropy_{w}"] = {k: sum(x[k] for x in t) for k in ("rose", "met", "arms")}
+    return out
 
 
 def _reading(e: dict, name: str) -> str:
@@ -193,8 +207,15 @@ def lines(c: dict, heading: str = "##") -> list[str]:
     sa = ", ".join(f"`{s}`" for s in c["settings_a"]) or "the preset's"
     sb = ", ".join(f"`{s}`" for s in c["settings_b"]) or "the preset's"
     out = [f"- A: settings {sa}; {c['steps']['a']} RL steps", f"- B: settings {sb}; {c['steps']['b']} RL steps",
-           f"- {c['pairs']} paired arms (unpaired: {c['unpaired']['a']} in A, {c['unpaired']['b']} in B)", "",
-           f"{heading} B - A at the end of RL", ""]
+           f"- {c['pairs']} paired arms (unpaired: {c['unpaired']['a']} in A, {c['unpaired']['b']} in B)"]
+    sm = c["summary"]
+    acc, ta, tb = sm["accuracy"], sm["training_entropy_a"], sm["training_entropy_b"]
+    out += [f"- accuracy, over {sm['groups']} (warm start, objective) groups: B higher in {acc['B higher']}, "
+            f"B lower in {acc['B lower']}, no detectable difference in {acc['no detectable difference']}; "
+            f"equal within +-{ACCURACY_MARGIN:g} in {acc['equal']}",
+            f"- training-rollout token entropy, last / first 10 % of steps: rose (> 1) in {ta['rose']} of A's "
+            f"{ta['arms']} arms and {tb['rose']} of B's {tb['arms']}; met the <= {COLLAPSE_CRITERION:g} criterion in "
+            f"{ta['met']} of A's and {tb['met']} of B's", "", f"{heading} B - A at the end of RL", ""]
     rows = []
     for r in c["rows"]:
         for name, v in r["metrics"].items():

@@ -51,6 +51,12 @@ def _row(c: dict, ws: str, obj: str) -> dict:
 
 def test_the_planted_effect_is_found_where_it_was_planted(runs):
     a, b = runs
+    # and one of B's arms ends its training rollouts with more entropy than it started with
+    steps = b / "arms" / "narrow-kl_cov-s0" / "metrics.jsonl"
+    rows = [json.loads(line) for line in steps.read_text().splitlines()]
+    for r in rows[-2:]:
+        r["entropy_mean"] = 1.5
+    steps.write_text("".join(json.dumps(r) + "\n" for r in rows))
     c = contrast.contrast_runs(a, b)
     assert c["pairs"] == 12 and c["unpaired"] == {"a": 0, "b": 0}
     assert c["settings_a"] == [] and c["settings_b"] == ["rl.optim.warmup_steps=5"]  # sft.* names a build
@@ -60,6 +66,10 @@ def test_the_planted_effect_is_found_where_it_was_planted(runs):
     for ws, obj in (("narrow", "grpo"), ("diverse", "kl_cov"), ("narrow", "kl_cov")):
         e = _row(c, ws, obj)["metrics"]["entropy"]["b_minus_a"]
         assert e["estimate"] == 0 and e["reading"] == "no detectable difference"
+    assert c["summary"]["accuracy"] == {"B higher": 0, "B lower": 0, "no detectable difference": 4, "equal": 4}
+    assert c["summary"]["training_entropy_a"] == {"rose": 0, "met": 0, "arms": 12}
+    assert c["summary"]["training_entropy_b"] == {"rose": 1, "met": 0, "arms": 12}
+    assert _row(c, "narrow", "kl_cov")["training_entropy"]["b"]["ratios"]["w0-narro/s0"] > 1
     acc = _row(c, "diverse", "grpo")["metrics"]["accuracy"]["b_minus_a"]
     assert acc["reading"] == "no detectable difference; equal within +-0.05" and acc["equivalence"]["equivalent"]
     text = contrast.render(c)
