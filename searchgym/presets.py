@@ -167,6 +167,13 @@ def get_preset(name: str) -> Preset:
     #   objective) reads 'B lower' in accuracy, (2) fewer of B's arms than A's end with training
     #   entropy above its start, and (3) the pooled warmup report still supports GRPO's token-entropy
     #   collapse from the diverse warm start. Adopting re-runs pilot, small and full (a new regime).
+    #   Applied (2026-12-07, docs/results/small-warmup5-builds, 54 arms, and its
+    #   contrast-vs-small-builds.md, 54 pairs over 3 builds): (1) accuracy 'B lower' in 0 of 6 groups
+    #   (B higher: grpo / diverse +0.054 [+0.009, +0.104], entropy_bonus / diverse +0.053 [+0.007,
+    #   +0.107]); (2) rose in 11 of 54 arms vs 18 of 54; (3) -0.168 [-0.184, -0.148] nats, supported
+    #   (narrow: -0.106 [-0.140, -0.073], supported; without warmup inconclusive). All three hold: the
+    #   warmup is adopted. The regime below still has warmup_steps 0 because every committed report
+    #   of pilot, small and full was run in it; it changes together with their re-runs.
     regime = dict(batch_questions=16, n_samples=8, ppo_epochs=1, num_minibatches=2, temperature=1.3,
                   train_family="multi_hop", hidden_states=True, eval_every=0, tensorboard=False,
                   optim={"lr": 2e-3, "warmup_steps": 0, "min_lr_ratio": 0.1})
