@@ -90,6 +90,15 @@ def json_marker(path: Path, **expected: Any) -> bool:
     return isinstance(obj, dict) and all(k in obj and (v is ... or obj[k] == v) for k, v in expected.items())
 
 
+def first_line_is(path: Path, line: str) -> bool:
+    """True iff the text file ``path``'s first line is ``line`` (a generated file's marker)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\n") == line
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def first_jsonl_record(path: Path) -> dict | None:
     """The first non-blank line of a JSONL file as a dict, or None (not JSONL / unreadable)."""
     try:

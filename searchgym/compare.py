@@ -18,6 +18,7 @@ from typing import Any
 
 from searchgym.analysis import EXPERIMENT_PROVENANCE, claim_key, finite, read_provenanced_arms
 from searchgym.markdown import _fmt_effect, _machine, replace_readme_block, table
+from searchgym.retrieval.fileio import first_line_is
 
 FORMAT = "searchgym-compare"
 #: The first line of a file written by ``searchgym compare --out``: what makes it this command's own.
@@ -287,11 +288,7 @@ def render_replication(cmp: dict) -> str:
 
 def is_replication_file(path: Path) -> bool:
     """True iff ``path``'s first line is :data:`GENERATED` (written by ``searchgym compare --out``)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.readline().rstrip("\n") == GENERATED
-    except (OSError, UnicodeDecodeError):
-        return False
+    return first_line_is(path, GENERATED)
 
 
 def readme_source(cmp: dict) -> str:

@@ -23,7 +23,8 @@ from searchgym.analysis import (ACCURACY_MARGIN, COLLAPSE_CRITERION, ArmData, Un
                                 collapse_criterion, level, load_arms, metric, objective_rank, read_provenanced_arms)
 from searchgym.markdown import _fmt, _fmt_effect, replace_readme_block, table
 from searchgym.metrics import stats as st
-from searchgym.presets import OVERRIDES_NOTE
+from searchgym.presets import overrides_from_notes
+from searchgym.retrieval.fileio import first_line_is
 
 FORMAT = "searchgym-contrast"
 #: The first line of a file written by ``searchgym contrast --out``: what makes it this command's own.
@@ -66,13 +67,8 @@ def _meta(run: Path) -> dict:
 def settings(meta: dict) -> list[str]:
     """The ``--set`` assignments a report records, except ``sft.*`` (which build, not which
     setting): the union over a pooled report's parts, in order of appearance."""
-    out: dict[str, None] = {}
-    for note in meta.get("notes") or ():
-        if isinstance(note, str) and note.startswith(OVERRIDES_NOTE):
-            for a in note[len(OVERRIDES_NOTE):].split("`")[1::2]:
-                if not a.strip().startswith("sft."):
-                    out[a] = None
-    return list(out)
+    found = (a for note in meta.get("notes") or () for a in overrides_from_notes([note]))
+    return list(dict.fromkeys(a for a in found if not a.strip().startswith("sft.")))
 
 
 def _pair_key(arm: dict) -> tuple:
@@ -252,8 +248,4 @@ def update_readme_block(readme: str | Path, c: dict) -> bool:
 
 def is_contrast_file(p: Path) -> bool:
     """Whether ``p`` is a file this command wrote (its first line is :data:`GENERATED`)."""
-    try:
-        with open(p, encoding="utf-8") as f:
-            return f.readline().rstrip("\n") == GENERATED
-    except (OSError, UnicodeDecodeError):
-        return False
+    return first_line_is(p, GENERATED)

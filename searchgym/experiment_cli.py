@@ -145,37 +145,27 @@ def _readme_done(readme: str, updated: bool, block: str, missing: str) -> int:
 
 def _compare(args) -> int:
     from searchgym import compare
-    from searchgym.retrieval.fileio import atomic_write_json, atomic_write_text, check_output, json_marker
 
     cmp = compare.compare_runs(args.run_a, args.run_b)
-    if args.json:  # --out is checked before the handler runs (searchgym.cli.OUTPUTS)
-        check_output(args.json, lambda p: json_marker(p, format=compare.FORMAT),
-                     f"a `searchgym compare` JSON (format {compare.FORMAT!r})", kind="file", force=args.force)
-    text = compare.render_replication(cmp)
-    print(text.split("\n", 1)[1], end="")  # without the marker line
-    if args.out:
-        atomic_write_text(args.out, text)
-        print(f"wrote {args.out}")
-    if args.json:
-        atomic_write_json(args.json, cmp)
-        print(f"wrote {args.json}")
-    if not args.readme:
-        return 0
-    begin = compare.README_BEGIN_FOR.format(source=compare.readme_source(cmp))
-    return _readme_done(args.readme, compare.update_readme_block(args.readme, cmp), "replication",
-                        f"for {compare.readme_source(cmp)}: put the lines {begin} and {compare.README_END} "
-                        "where it should go")
+    return _two_run_outputs(args, compare, cmp, compare.render_replication(cmp), "compare", "replication")
 
 
 def _contrast(args) -> int:
     from searchgym import contrast
-    from searchgym.retrieval.fileio import atomic_write_json, atomic_write_text, check_output, json_marker
 
     result = contrast.contrast_runs(args.run_a, args.run_b)
+    return _two_run_outputs(args, contrast, result, contrast.render(result), "contrast", "contrast")
+
+
+def _two_run_outputs(args, module, result: dict, text: str, command: str, block: str) -> int:
+    """What compare and contrast do with their result: print ``text`` (without its marker
+    line), write ``--out`` / ``--json``, and rewrite the README's generated ``block`` for the
+    pair (``module``: its FORMAT, README markers, ``readme_source`` and ``update_readme_block``)."""
+    from searchgym.retrieval.fileio import atomic_write_json, atomic_write_text, check_output, json_marker
+
     if args.json:  # --out is checked before the handler runs (searchgym.cli.OUTPUTS)
-        check_output(args.json, lambda p: json_marker(p, format=contrast.FORMAT),
-                     f"a `searchgym contrast` JSON (format {contrast.FORMAT!r})", kind="file", force=args.force)
-    text = contrast.render(result)
+        check_output(args.json, lambda p: json_marker(p, format=module.FORMAT),
+                     f"a `searchgym {command}` JSON (format {module.FORMAT!r})", kind="file", force=args.force)
     print(text.split("\n", 1)[1], end="")  # without the marker line
     if args.out:
         atomic_write_text(args.out, text)
@@ -185,10 +175,10 @@ def _contrast(args) -> int:
         print(f"wrote {args.json}")
     if not args.readme:
         return 0
-    begin = contrast.README_BEGIN_FOR.format(source=contrast.readme_source(result))
-    return _readme_done(args.readme, contrast.update_readme_block(args.readme, result), "contrast",
-                        f"for {contrast.readme_source(result)}: put the lines {begin} and {contrast.README_END} "
-                        "where it should go")
+    source = module.readme_source(result)
+    begin = module.README_BEGIN_FOR.format(source=source)
+    return _readme_done(args.readme, module.update_readme_block(args.readme, result), block,
+                        f"for {source}: put the lines {begin} and {module.README_END} where it should go")
 
 
 def _report(args) -> int:
